@@ -1,0 +1,17 @@
+"""kcaps: efficient capsule networks for Keras 2 (`tf.keras` through tf_keras), larq and tfmot.
+
+Importing kcaps sets `TF_USE_LEGACY_KERAS=1` (larq 0.14 and tfmot 0.8 need Keras 2) and raises an
+ImportError saying what to do if TensorFlow was already imported with Keras 3.
+
+>>> import kcaps
+>>> model = kcaps.models.small_capsnet()
+>>> model.compile("adam")            # margin loss + accuracy on the capsule lengths
+"""
+from kcaps._keras2 import ensure_keras2
+
+ensure_keras2()
+
+from kcaps import callbacks, initializers, layers, losses, metrics, models, ops, projections, routing  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["callbacks", "initializers", "layers", "losses", "metrics", "models", "ops", "projections", "routing"]

@@ -1,0 +1,24 @@
+"""Argument checks that fail at construction or build time with the bad value in the message."""
+
+
+def positive_int(owner, field, value):
+    """Return `value` as int, or raise ValueError naming `owner.field` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{owner}: `{field}` must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def capsule_input_shape(owner, input_shape):
+    """Check a `(batch, num_capsules, capsule_dim)` shape and return `(num_capsules, capsule_dim)`."""
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"{owner}: expected input capsules of shape (batch, num_capsules, capsule_dim), "
+            f"got a rank-{len(shape)} input of shape {shape}"
+        )
+    if shape[1] is None or shape[2] is None:
+        raise ValueError(
+            f"{owner}: the number of input capsules and their dimension must be known when the "
+            f"layer is built, got input shape {shape}"
+        )
+    return int(shape[1]), int(shape[2])

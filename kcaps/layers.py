@@ -1,0 +1,285 @@
+"""Capsule layers for `tf.keras` (Keras 2): primary capsules, routed capsules, lengths, masks, decoder.
+
+>>> import kcaps, tensorflow as tf
+>>> x = tf.keras.Input((28, 28, 1))
+>>> h = tf.keras.layers.Conv2D(64, 9, activation="relu")(x)
+>>> u = kcaps.layers.PrimaryCapsules(capsule_types=8, capsule_dim=8, kernel_size=9, strides=2)(h)
+>>> v = kcaps.layers.CapsuleDense(num_capsules=10, capsule_dim=16)(u)
+>>> scores = kcaps.layers.CapsuleLength()(v)
+>>> tf.keras.Model(x, scores).output_shape
+(None, 10)
+"""
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+from kcaps import _checks, ops, projections, routing
+
+_register = tf.keras.utils.register_keras_serializable(package="kcaps")
+
+# routing name -> (projection class, agreement). One layer serves every variant: the binarized
+# layers of Sun et al. differ from Sabour et al. only in where the xnorized product sits.
+ROUTING_VARIANTS = {
+    "dynamic": ("DenseProjection", "dot"),  # Sabour et al. (2017)
+    "xnodr": ("XnorProjection", "dot"),  # XnODR: xnorized u_hat = W u outside routing
+    "xnidr": ("DenseProjection", "xnor"),  # XnIDR: xnorized agreement inside routing
+}
+
+
+def _conv_length(size, kernel, padding, stride):
+    """Output length of a convolution along one axis (Keras' "valid" / "same" rules)."""
+    return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
+
+
+@_register
+class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+    """A convolution whose output channels are grouped into capsules and squashed.
+
+    The convolution has `capsule_types * capsule_dim` filters; at every output position each
+    group of `capsule_dim` consecutive channels is one capsule. Capsules are ordered
+    position-major: capsule `i = position * capsule_types + type`.
+
+    Input shape: `(batch, height, width, channels)`.
+    Output shape: `(batch, out_height * out_width * capsule_types, capsule_dim)`.
+    """
+
+    def __init__(self, capsule_types, capsule_dim, kernel_size, strides=1, padding="valid",
+                 squash="squash", kernel_initializer="glorot_uniform", kernel_regularizer=None,
+                 use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.capsule_types = _checks.positive_int("PrimaryCapsules", "capsule_types", capsule_types)
+        self.capsule_dim = _checks.positive_int("PrimaryCapsules", "capsule_dim", capsule_dim)
+        self.squash = squash
+        self._squash = ops.get_squash(squash)
+        self.conv = tf.keras.layers.Conv2D(
+            self.capsule_types * self.capsule_dim, kernel_size, strides=strides, padding=padding,
+            kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer,
+            use_bias=use_bias, name="conv",
+        )
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if len(shape) != 4:
+            raise ValueError(
+                f"PrimaryCapsules: expected a feature map of shape (batch, height, width, channels), "
+                f"got a rank-{len(shape)} input of shape {shape}"
+            )
+        if any(d is not None and _conv_length(d, k, self.conv.padding, st) < 1
+               for d, k, st in zip(shape[1:3], self.conv.kernel_size, self.conv.strides)):
+            raise ValueError(
+                f"PrimaryCapsules: a {self.conv.kernel_size} kernel with strides {self.conv.strides} "
+                f"leaves no positions on an input of shape {shape}"
+            )
+        self.conv.build(shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = self.conv(inputs)
+        return self._squash(tf.reshape(x, [-1, self._num_positions(x) * self.capsule_types,
+                                           self.capsule_dim]))
+
+    @staticmethod
+    def _num_positions(x):
+        h, w = x.shape[1], x.shape[2]
+        return h * w if h is not None and w is not None else -1
+
+    def compute_output_shape(self, input_shape):
+        out = self.conv.compute_output_shape(input_shape)
+        positions = None if out[1] is None or out[2] is None else out[1] * out[2]
+        return tf.TensorShape(
+            [out[0], None if positions is None else positions * self.capsule_types, self.capsule_dim])
+
+    def get_prunable_weights(self):
+        return [self.conv.kernel]
+
+    def get_config(self):
+        conv = self.conv.get_config()
+        config = super().get_config()
+        config.update(
+            capsule_types=self.capsule_types, capsule_dim=self.capsule_dim,
+            kernel_size=conv["kernel_size"], strides=conv["strides"], padding=conv["padding"],
+            squash=self.squash, kernel_initializer=conv["kernel_initializer"],
+            kernel_regularizer=conv["kernel_regularizer"], use_bias=conv["use_bias"],
+        )
+        return config
+
+
+@_register
+class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+    """Fully connected capsules: a projection to prediction vectors, then routing by agreement.
+
+    `u_hat[j|i] = W[i, j] u[i]` with one matrix per (input capsule i, output capsule j) pair and no
+    bias, then `routing_iterations` of dynamic routing (Sabour et al., 2017; see
+    `kcaps.routing`). The projection and routing are vectorized: one batched matmul, no tiling
+    of W over the batch, no per-example Python work.
+
+    Args:
+      num_capsules: number of output capsules J.
+      capsule_dim: dimension of the output capsules.
+      routing: `"dynamic"` (Sabour et al.), `"xnodr"` (binarized projection outside routing) or
+        `"xnidr"` (binarized agreement inside routing), from Sun et al., "XnODR and XnIDR".
+      routing_iterations: number of routing iterations (>= 1).
+      weight_sharing: None, an int K (input capsule i uses matrix `i mod K`, FasTrCaps' tiling),
+        `"type"` (one matrix per primary-capsule type) or `"position"` (one per position); the two
+        named modes need `capsule_types`. Routing stays per capsule.
+      capsule_types: capsule types of the input layer (for the named sharing modes).
+      squash: `"squash"` (Sabour et al.) or `"approx"` (FasTrCaps' piecewise-linear squash).
+      use_bias: add a learned bias to s_j (Google's reference code; not in the paper).
+      kernel_initializer: default `kcaps.initializers.CapsuleFanIn()` (variance 1 / input_dim per
+        matrix; see its docstring for why not Glorot).
+
+    Input shape: `(batch, num_in, input_dim)`.
+    Output shape: `(batch, num_capsules, capsule_dim)`.
+    """
+
+    def __init__(self, num_capsules, capsule_dim, routing="dynamic", routing_iterations=3,
+                 weight_sharing=None, capsule_types=None, squash="squash", use_bias=False,
+                 kernel_initializer=None, kernel_regularizer=None,
+                 kernel_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_capsules = _checks.positive_int("CapsuleDense", "num_capsules", num_capsules)
+        self.capsule_dim = _checks.positive_int("CapsuleDense", "capsule_dim", capsule_dim)
+        self.routing_iterations = _checks.positive_int(
+            "CapsuleDense", "routing_iterations", routing_iterations)
+        if routing not in ROUTING_VARIANTS:
+            raise ValueError(
+                f"CapsuleDense: unknown routing {routing!r}; valid: {sorted(ROUTING_VARIANTS)}")
+        self.routing = routing
+        self.squash = squash
+        self._squash = ops.get_squash(squash)
+        self.use_bias = bool(use_bias)
+        projection_name, self._agreement = ROUTING_VARIANTS[routing]
+        self.projection = getattr(projections, projection_name)(
+            self.num_capsules, self.capsule_dim, weight_sharing=weight_sharing,
+            capsule_types=capsule_types, kernel_initializer=kernel_initializer,
+            kernel_regularizer=kernel_regularizer, kernel_constraint=kernel_constraint,
+            name="projection",
+        )
+
+    @property
+    def kernel(self):
+        """The transformation matrices W, shape `(num_matrices, input_dim, num_capsules, capsule_dim)`."""
+        return self.projection.kernel
+
+    def build(self, input_shape):
+        _checks.capsule_input_shape("CapsuleDense", input_shape)
+        self.projection.build(input_shape)
+        self.bias = None
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(self.num_capsules, self.capsule_dim), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        u_hat = self.projection(inputs)
+        return routing.dynamic_routing(
+            u_hat, self.routing_iterations, agreement=self._agreement, squash=self._squash,
+            bias=self.bias)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], self.num_capsules, self.capsule_dim])
+
+    def get_prunable_weights(self):
+        return [self.projection.kernel]
+
+    def get_config(self):
+        config = super().get_config()
+        projection = self.projection.get_config()
+        config.update(
+            num_capsules=self.num_capsules, capsule_dim=self.capsule_dim, routing=self.routing,
+            routing_iterations=self.routing_iterations, squash=self.squash, use_bias=self.use_bias,
+            **{key: projection[key] for key in (
+                "weight_sharing", "capsule_types", "kernel_initializer", "kernel_regularizer",
+                "kernel_constraint")},
+        )
+        return config
+
+
+@_register
+class CapsuleLength(tf.keras.layers.Layer):
+    """Capsule lengths `|v_j|` (safe norm), used as class scores.
+
+    Input shape: `(batch, num_capsules, capsule_dim)`. Output shape: `(batch, num_capsules)`.
+    """
+
+    def call(self, inputs):
+        return ops.safe_norm(inputs, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape[:-1])
+
+
+@_register
+class CapsuleMask(tf.keras.layers.Layer):
+    """Keep one capsule per example and zero the others, then flatten (input of the decoder).
+
+    Called on `capsules` or on `[capsules, labels]`. While training and given labels, the capsule
+    of the true class is kept (Sabour et al., 2017); otherwise, and always at inference, the
+    longest capsule. Labels may be integer class ids or one-hot (multi-hot keeps several).
+
+    Input shape: `(batch, num_capsules, capsule_dim)` [and labels `(batch,)` or
+    `(batch, num_capsules)`]. Output shape: `(batch, num_capsules * capsule_dim)`.
+    """
+
+    def call(self, inputs, training=None):
+        labels = None
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"CapsuleMask: expected [capsules, labels], got {len(inputs)} inputs")
+            inputs, labels = inputs
+        num_capsules = inputs.shape[1]
+        by_length = tf.one_hot(tf.argmax(ops.safe_norm(inputs, axis=-1), axis=-1), num_capsules,
+                               dtype=inputs.dtype)
+        if labels is None:
+            mask = by_length
+        else:
+            by_label = ops.one_hot_labels(labels, num_capsules, inputs.dtype)
+            mask = tf.keras.backend.in_train_phase(by_label, by_length, training=training)
+        masked = inputs * mask[..., tf.newaxis]
+        return tf.reshape(masked, [-1, num_capsules * inputs.shape[2]])
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and not isinstance(
+            input_shape[0], (int, type(None))) else input_shape
+        return tf.TensorShape([shape[0], shape[1] * shape[2]])
+
+
+@_register
+class CapsuleDecoder(tf.keras.layers.Layer):
+    """The reconstruction decoder of Sabour et al. (2017): ReLU 512 -> ReLU 1024 -> sigmoid pixels.
+
+    Input shape: `(batch, features)` (a masked, flattened capsule layer).
+    Output shape: `(batch, *target_shape)`.
+    """
+
+    def __init__(self, target_shape, hidden_units=(512, 1024), **kwargs):
+        super().__init__(**kwargs)
+        self.target_shape = tuple(int(d) for d in target_shape)
+        self.hidden_units = tuple(
+            _checks.positive_int("CapsuleDecoder", "hidden_units", u) for u in hidden_units)
+        size = 1
+        for d in self.target_shape:
+            size *= _checks.positive_int("CapsuleDecoder", "target_shape", d)
+        self.hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"dense_{k}")
+                       for k, u in enumerate(self.hidden_units)]
+        self.pixels = tf.keras.layers.Dense(size, activation="sigmoid", name="pixels")
+
+    def build(self, input_shape):
+        shape = tf.TensorShape(input_shape)
+        for layer in self.hidden + [self.pixels]:
+            layer.build(shape)
+            shape = layer.compute_output_shape(shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = inputs
+        for layer in self.hidden:
+            x = layer(x)
+        return tf.reshape(self.pixels(x), [-1, *self.target_shape])
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], *self.target_shape])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(target_shape=self.target_shape, hidden_units=self.hidden_units)
+        return config

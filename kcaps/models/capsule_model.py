@@ -1,0 +1,102 @@
+"""`CapsuleModel`: a functional Keras model that trains on plain `(images, labels)`.
+
+A capsule network with a reconstruction decoder needs the labels *inside* the graph while
+training (the decoder sees only the true class's capsule). This model takes care of that: its
+graph has an image input and, when it has a decoder, a one-hot `label` input; `fit`, `evaluate`
+and `predict` accept ordinary `(x, y)` data and feed the labels (or zeros at inference, where the
+mask picks the longest capsule) themselves. `compile()` defaults to the margin loss plus the
+0.0005-scaled reconstruction loss, and accuracy on the capsule lengths.
+
+It stays a functional model, so `tfmot` pruning, cloning, `model.save` (`.keras` and SavedModel)
+and TFLite conversion see an ordinary graph of layers.
+"""
+import tensorflow as tf
+
+from kcaps import losses, ops
+from kcaps import metrics as metrics_lib
+
+LABEL_INPUT = "label"
+LENGTHS = "lengths"
+RECONSTRUCTION = "reconstruction"
+
+
+@tf.keras.utils.register_keras_serializable(package="kcaps")
+class CapsuleModel(tf.keras.Model):
+    """A functional capsule network; build it as `CapsuleModel(inputs, outputs)`.
+
+    Outputs must be named `lengths` (capsule lengths, the class scores) and optionally
+    `reconstruction`; an input named `label` (one-hot, `(batch, num_classes)`) is filled from `y`.
+    """
+
+    @property
+    def has_label_input(self):
+        return LABEL_INPUT in self.input_names
+
+    @property
+    def num_classes(self):
+        return self.get_layer(LENGTHS).output_shape[-1]
+
+    def _graph_inputs(self, x, y):
+        """Plain images -> the graph's inputs (adds one-hot labels, or zeros, for the decoder)."""
+        if not self.has_label_input or isinstance(x, (list, tuple, dict)):
+            return x
+        batch = tf.shape(x)[0]
+        if y is None:
+            labels = tf.zeros([batch, self.num_classes], self.compute_dtype)
+        else:
+            labels = ops.one_hot_labels(y, self.num_classes)
+        return [x, labels]
+
+    def _targets(self, x, y):
+        if y is None or RECONSTRUCTION not in self.output_names or isinstance(y, (list, tuple, dict)):
+            return y
+        return {LENGTHS: y, RECONSTRUCTION: x}
+
+    def _adapt(self, data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        inputs = self._graph_inputs(x, y)
+        return tf.keras.utils.pack_x_y_sample_weight(inputs, self._targets(x, y), sample_weight)
+
+    def train_step(self, data):
+        return super().train_step(self._adapt(data))
+
+    def test_step(self, data):
+        return super().test_step(self._adapt(data))
+
+    def predict_step(self, data):
+        x, _, _ = tf.keras.utils.unpack_x_y_sample_weight(data)
+        return self(self._graph_inputs(x, None), training=False)
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, **kwargs):
+        """Keras `compile`, defaulting to the capsule-network losses and accuracy.
+
+        Defaults: `MarginLoss()` on `lengths`, `ReconstructionLoss()` (0.0005 x sum of squared
+        errors) on `reconstruction` if present, and accuracy on `lengths`.
+        """
+        if loss is None:
+            loss = {LENGTHS: losses.MarginLoss()}
+            if RECONSTRUCTION in self.output_names:
+                loss[RECONSTRUCTION] = losses.ReconstructionLoss()
+        if metrics is None:
+            metrics = {LENGTHS: [metrics_lib.CapsuleAccuracy()]}
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compile a loaded model (Keras skips models whose `compile` is overridden)."""
+        self.compile(**tf.keras.saving.deserialize_keras_object(config))
+        if isinstance(self.optimizer, tf.keras.optimizers.Optimizer) and self.built:
+            self.optimizer.build(self.trainable_variables)  # so saved optimizer state can load
+
+
+def classifier(model):
+    """The image -> capsule lengths part of a capsule model, for inference and conversion.
+
+    Drops the label input and the decoder; the layers (and weights) are shared with `model`.
+    """
+    image = [t for t, name in zip(model.inputs, model.input_names) if name != LABEL_INPUT]
+    if len(image) != 1:
+        raise ValueError(f"classifier: expected one image input, got inputs {model.input_names}")
+    if model.output_names == [LENGTHS] and len(model.inputs) == 1:
+        return model
+    lengths = model.get_layer(LENGTHS).output
+    return tf.keras.Model(image[0], lengths, name=f"{model.name}_classifier")

@@ -1,0 +1,74 @@
+"""Pure tensor functions shared by the capsule layers.
+
+>>> import kcaps, tensorflow as tf
+>>> v = kcaps.ops.squash(tf.constant([[3.0, 4.0]]))
+>>> round(float(tf.norm(v)), 4)   # |s| = 5  ->  25 / 26
+0.9615
+"""
+import tensorflow as tf
+
+EPSILON = 1e-7
+
+
+def _in_float32(x):
+    """Squash and norms divide by small numbers: compute them in float32 under mixed precision."""
+    x = tf.convert_to_tensor(x)
+    return (tf.cast(x, tf.float32), x.dtype) if x.dtype in (tf.float16, tf.bfloat16) else (x, None)
+
+
+def safe_norm(s, axis=-1, keepdims=False, epsilon=EPSILON):
+    """Euclidean norm `sqrt(sum(s**2) + epsilon)`: finite value and gradient at s = 0."""
+    s, dtype = _in_float32(s)
+    norm = tf.sqrt(tf.reduce_sum(tf.square(s), axis=axis, keepdims=keepdims) + epsilon)
+    return norm if dtype is None else tf.cast(norm, dtype)
+
+
+def squash(s, axis=-1, epsilon=EPSILON):
+    """Sabour et al. (2017) squash: `v = |s|^2 / (1 + |s|^2) * s / |s|`.
+
+    Short vectors shrink to almost zero length, long ones to just below one. `|s|` is the safe
+    norm `sqrt(|s|^2 + epsilon)`, so the value and the gradient are finite at s = 0.
+
+    Args:
+      s: tensor of capsule vectors.
+      axis: the axis that holds the vector components.
+      epsilon: added under the square root.
+    Returns:
+      A tensor of the shape and dtype of `s`.
+    """
+    s, dtype = _in_float32(s)
+    squared = tf.reduce_sum(tf.square(s), axis=axis, keepdims=True)
+    v = s * (squared / (1.0 + squared) / tf.sqrt(squared + epsilon))
+    return v if dtype is None else tf.cast(v, dtype)
+
+
+def squash_approx(s, axis=-1, epsilon=EPSILON):
+    """FasTrCaps' cheap squash: `v = s / 2` if `|s| <= 2`, else `s / |s|`.
+
+    Piecewise linear, so it avoids the division of `|s|^2 / (1 + |s|^2)`; continuous at |s| = 2.
+    """
+    s, dtype = _in_float32(s)
+    norm = tf.sqrt(tf.reduce_sum(tf.square(s), axis=axis, keepdims=True) + epsilon)
+    v = tf.where(norm <= 2.0, s / 2.0, s / norm)
+    return v if dtype is None else tf.cast(v, dtype)
+
+
+def one_hot_labels(labels, num_classes, dtype=tf.float32):
+    """Integer labels `(batch,)`/`(batch, 1)` or one/multi-hot `(batch, num_classes)` -> one-hot."""
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 2 and labels.shape[-1] == num_classes and num_classes > 1:
+        return tf.cast(labels, dtype)
+    labels = tf.reshape(labels, [-1])
+    return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=dtype)
+
+
+SQUASH_FUNCTIONS = {"squash": squash, "approx": squash_approx}
+
+
+def get_squash(name):
+    """Look up a squash function by name (`"squash"` or `"approx"`)."""
+    if callable(name):
+        return name
+    if name not in SQUASH_FUNCTIONS:
+        raise ValueError(f"Unknown squash {name!r}; valid names: {sorted(SQUASH_FUNCTIONS)}")
+    return SQUASH_FUNCTIONS[name]
