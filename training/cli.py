@@ -1,0 +1,102 @@
+"""The `kcaps` command line (also `python -m training`).
+
+    kcaps train --model small_capsnet --dataset digits --epochs 15 --output runs/digits
+    kcaps quickstart --output runs/quickstart        # the README's main job
+"""
+import argparse
+import dataclasses
+import sys
+
+from training import train as recipe
+
+_DEFAULTS = recipe.TrainConfig.__dataclass_fields__
+
+
+def _default(field):
+    return _DEFAULTS[field].default
+
+
+def add_train_arguments(parser, model=None, dataset=None, epochs=None):
+    """The flags of a training run, shared by every command that trains."""
+    parser.add_argument("--model", default=model or _default("model"),
+                        help="model builder from kcaps.models (default: %(default)s)")
+    parser.add_argument("--dataset", default=dataset or _default("dataset"),
+                        help="digits (offline), real_digits, idx, mnist, fashion_mnist, cifar10, "
+                             "smallnorb (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None,
+                        help="idx directory or tfds data_dir (real_digits: ../shared/data/mnist)")
+    parser.add_argument("--epochs", type=int, default=epochs or _default("epochs"))
+    parser.add_argument("--batch-size", type=int, default=_default("batch_size"))
+    parser.add_argument("--learning-rate", type=float, default=_default("learning_rate"))
+    parser.add_argument("--lr-decay", type=float, default=_default("lr_decay"),
+                        help="learning-rate factor per epoch (default: %(default)s)")
+    parser.add_argument("--max-shift", type=int, default=_default("max_shift"),
+                        help="random shift augmentation in pixels (default: %(default)s)")
+    parser.add_argument("--routing-iterations", type=int, default=_default("routing_iterations"))
+    parser.add_argument("--seed", type=int, default=_default("seed"))
+    parser.add_argument("--verbose", type=int, default=_default("verbose"),
+                        help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch")
+
+
+def config_from_args(args, output_dir):
+    return recipe.TrainConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
+        max_shift=args.max_shift, routing_iterations=args.routing_iterations,
+        output_dir=output_dir, seed=args.seed, verbose=args.verbose)
+
+
+def print_report(metrics, output_dir):
+    print(f"\n== {metrics['model']} on {metrics['dataset']}")
+    print(f"parameters        {metrics['parameters']:,}")
+    print(f"test accuracy     {metrics['test_accuracy']:.4f}")
+    if metrics.get("seconds_per_epoch") is not None:
+        print(f"seconds / epoch   {metrics['seconds_per_epoch']:.1f}")
+    print(f"outputs           {output_dir}/ (model.keras, metrics.json, log.csv, "
+          f"training_curves.png, tensorboard/)")
+
+
+def cmd_train(args):
+    config = config_from_args(args, args.output)
+    result = recipe.train(config)
+    print_report(result.metrics, config.output_dir)
+    return 0
+
+
+def cmd_quickstart(args):
+    """The main job: train, evaluate, save and report (deployment steps are added by kcaps_tflite)."""
+    return cmd_train(args)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="kcaps", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a capsule network",
+                                description="Train a kcaps model with model.fit, save it, report.")
+    add_train_arguments(train)
+    train.add_argument("--output", default=_default("output_dir"), help="output directory")
+    train.set_defaults(run=cmd_train)
+
+    quick = commands.add_parser(
+        "quickstart", help="the main job: train the default model offline and report",
+        description="Train small_capsnet on scikit-learn's embedded digits (no download), "
+                    "evaluate, save and report.")
+    add_train_arguments(quick, model="small_capsnet", dataset="digits", epochs=30)
+    quick.add_argument("--output", default="runs/quickstart", help="output directory")
+    quick.set_defaults(run=cmd_quickstart, verbose=2)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"kcaps {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
