@@ -1,0 +1,92 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kcaps
+from conftest import ROOT
+from training import cli
+from training import train as recipe
+
+
+def _run(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=600)
+
+
+def test_help_lists_the_training_flags():
+    result = _run("train", "--help")
+    assert result.returncode == 0
+    for flag in ("--model", "--dataset", "--epochs", "--batch-size", "--learning-rate", "--output"):
+        assert flag in result.stdout
+
+
+@pytest.mark.slow
+def test_train_end_to_end_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    result = _run("train", "--dataset", "digits", "--epochs", "2", "--batch-size", "128",
+                  "--output", str(out), "--verbose", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test accuracy" in result.stdout
+    assert "[==============================]" in result.stdout  # the Keras progress bar
+    for name in ("model.keras", "metrics.json", "log.csv", "training_curves.png", "config.json"):
+        assert (out / name).is_file(), name
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not any((out / "backup").iterdir())  # BackupAndRestore cleans up after a finished run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    model = tf.keras.models.load_model(out / "model.keras")
+    assert model.count_params() == metrics["parameters"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--dataset", "svhn"), "unknown dataset 'svhn'"),
+    (("--model", "lenet"), "unknown model 'lenet'"),
+    (("--epochs", "0"), "`epochs` must be a positive integer, got 0"),
+    (("--learning-rate", "-1"), "`learning_rate` must be > 0"),
+    (("--dataset", "idx", "--data-dir", "/nonexistent/dir"), "idx directory not found"),
+])
+def test_bad_arguments_fail_before_training_with_a_clear_message(args, message, capsys, tmp_path):
+    assert cli.main(["train", "--output", str(tmp_path / "x"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter(tf.keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Interrupt()
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    from training import datasets
+
+    full = datasets.load("digits")
+    data = datasets.Dataset("digits", full.x_train[:256], full.y_train[:256], full.x_test[:64],
+                            full.y_test[:64], 10)
+    config = recipe.TrainConfig(epochs=3, batch_size=64, output_dir=str(tmp_path), verbose=0)
+    with pytest.raises(_Interrupt):
+        recipe.train(config, callbacks=[_StopAfter(epoch=1)], data=data)
+    assert any((tmp_path / "backup").iterdir())
+    result = recipe.train(config, data=data)
+    assert result.metrics["epochs_run"] == 1  # only epoch 3 was left
+    epochs = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]
+    assert np.isclose(result.history["lr"][0], 1e-3 * 0.9 ** 2)  # the schedule resumed too
+
+
+def test_python_dash_m_training_runs_the_same_cli():
+    assert _run("--help").returncode == 0
