@@ -2,7 +2,7 @@
 
 >>> import kcaps, numpy as np
 >>> m = kcaps.metrics.CapsuleAccuracy()
->>> m.update_state(np.array([1]), np.array([[0.1, 0.9]]))
+>>> _ = m.update_state(np.array([1]), np.array([[0.1, 0.9]]))
 >>> float(m.result())
 1.0
 """

@@ -4,7 +4,7 @@
     kcaps quickstart --output runs/quickstart        # the README's main job
 """
 import argparse
-import dataclasses
+import importlib
 import sys
 
 from training import train as recipe
@@ -68,6 +68,11 @@ def cmd_quickstart(args):
     return cmd_train(args)
 
 
+# Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
+# Features add their command in their own module and one line here.
+COMMAND_MODULES = ()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="kcaps", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +90,9 @@ def build_parser():
     add_train_arguments(quick, model="small_capsnet", dataset="digits", epochs=30)
     quick.add_argument("--output", default="runs/quickstart", help="output directory")
     quick.set_defaults(run=cmd_quickstart, verbose=2)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
     return parser
 
 

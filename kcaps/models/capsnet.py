@@ -64,12 +64,12 @@ def small_capsnet(input_shape=(28, 28, 1), num_classes=10, routing_iterations=3,
 
     Conv 5x5x32 (ReLU) -> Conv 5x5x64 stride 2 (ReLU) -> PrimaryCapsules 8 types x 8-D (3x3,
     stride 2; 4x4 positions = 128 capsules for 28x28 inputs) -> class capsules `num_classes` x 8-D
-    with dynamic routing. 171,456 parameters for 28x28x1 and 10 classes; in int8 it fits a
+    with dynamic routing. 170,944 parameters for 28x28x1 and 10 classes; in int8 it fits a
     256 KB-flash microcontroller.
 
     >>> import kcaps
     >>> kcaps.models.small_capsnet().count_params()
-    171456
+    170944
     """
     image = image_input("small_capsnet", input_shape, min_size=19)
     h = image
