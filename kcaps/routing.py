@@ -67,7 +67,11 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
       bias: optional `(num_out, out_dim)` tensor added to s_j (Google's reference code and
         FasTrCaps do this; the paper does not).
     Returns:
-      Output capsules `v` of shape `(batch, num_out, out_dim)`.
+      Output capsules `v` of shape `(batch, num_out, out_dim)`, in the dtype of `u_hat`.
+
+    Under mixed precision the large products stay in the compute dtype (float16 / bfloat16), but
+    the logits b accumulate and the softmax runs in float32 (the squash too, see `kcaps.ops`):
+    a 3-digit mantissa cannot hold agreements summed over iterations.
     """
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
@@ -78,12 +82,12 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
         if logits is None:  # b = 0, so c = softmax(0) = 1 / num_out exactly: skip the softmax
             s = tf.reduce_sum(u_hat, axis=2) * (1.0 / num_out)
         else:
-            c = tf.nn.softmax(logits, axis=1)  # over the output capsules
+            c = tf.cast(tf.nn.softmax(logits, axis=1), u_hat.dtype)  # over the output capsules
             s = tf.squeeze(tf.matmul(c[:, :, tf.newaxis, :], u_hat), axis=2)  # (batch, num_out, dim)
         if bias is not None:
             s = s + tf.cast(bias, s.dtype)
         v = squash(s)
         if iteration < iterations - 1:
-            update = agree(u_hat, v)
+            update = tf.cast(agree(u_hat, v), tf.float32)
             logits = update if logits is None else logits + update
     return v

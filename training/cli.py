@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from training import distribute
 from training import train as recipe
 
 _DEFAULTS = recipe.TrainConfig.__dataclass_fields__
@@ -36,6 +37,15 @@ def add_train_arguments(parser, model=None, dataset=None, epochs=None):
     parser.add_argument("--seed", type=int, default=_default("seed"))
     parser.add_argument("--verbose", type=int, default=_default("verbose"),
                         help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch")
+    parser.add_argument("--strategy", default=_default("strategy"),
+                        help="default, mirrored (all GPUs, else all logical CPUs) or multiworker "
+                             "(configured by TF_CONFIG) (default: %(default)s)")
+    parser.add_argument("--precision", default=_default("precision"),
+                        help="float32, mixed_float16, mixed_bfloat16 or auto (float16 on GPU, "
+                             "bfloat16 on CPU) (default: %(default)s)")
+    parser.add_argument("--cpu-replicas", type=int, default=None,
+                        help="split the CPU into this many logical devices (for --strategy mirrored "
+                             "without GPUs)")
 
 
 def config_from_args(args, output_dir):
@@ -43,7 +53,8 @@ def config_from_args(args, output_dir):
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
         max_shift=args.max_shift, routing_iterations=args.routing_iterations,
-        output_dir=output_dir, seed=args.seed, verbose=args.verbose)
+        output_dir=output_dir, seed=args.seed, verbose=args.verbose, strategy=args.strategy,
+        precision=args.precision)
 
 
 def print_report(metrics, output_dir):
@@ -57,7 +68,9 @@ def print_report(metrics, output_dir):
 
 
 def cmd_train(args):
-    config = config_from_args(args, args.output)
+    config = config_from_args(args, args.output)  # checks every field before TensorFlow starts
+    if args.cpu_replicas:
+        distribute.split_cpu(args.cpu_replicas)
     result = recipe.train(config)
     print_report(result.metrics, config.output_dir)
     return 0

@@ -144,4 +144,6 @@ def pipeline(x, y, batch_size, shuffle=False, max_shift=0, seed=0):
     if max_shift:
         data = data.map(lambda image, label: (shift_augment(image, max_shift), label),
                         num_parallel_calls=tf.data.AUTOTUNE)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()  # in-memory data: multi-worker training shards by element
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)

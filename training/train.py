@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import kcaps
-from training import datasets, plots
+from training import datasets, distribute, plots
 
 
 @dataclasses.dataclass
@@ -33,6 +33,8 @@ class TrainConfig:
     output_dir: str = "runs/latest"
     seed: int = 0
     verbose: int = 1
+    strategy: str = "default"  # default | mirrored | multiworker (training.distribute)
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | auto
 
     def __post_init__(self):
         for field in ("epochs", "batch_size", "routing_iterations"):
@@ -46,6 +48,12 @@ class TrainConfig:
         if self.max_shift < 0:
             raise ValueError(f"TrainConfig: `max_shift` must be >= 0, got {self.max_shift!r}")
         kcaps.models.get(self.model)  # unknown names fail here, before any data is loaded
+        distribute.check_strategy_name(self.strategy)
+        if self.precision not in distribute.PRECISIONS:
+            raise ValueError(f"TrainConfig: unknown precision {self.precision!r}; valid: "
+                             f"{', '.join(distribute.PRECISIONS)}")
+        if self.strategy == "multiworker":
+            distribute.parse_tf_config()
         if self.dataset not in datasets.NAMES:
             raise ValueError(
                 f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(datasets.NAMES)}")
@@ -65,26 +73,35 @@ def build_model(config, data):
 
 
 def train(config, callbacks=(), data=None):
-    """Train `config.model` on `config.dataset`; return the model, its history and its metrics."""
-    os.makedirs(config.output_dir, exist_ok=True)
-    _write_json(os.path.join(config.output_dir, "config.json"), dataclasses.asdict(config))
+    """Train `config.model` on `config.dataset`; return the model, its history and its metrics.
+
+    Under a multi-worker strategy every worker runs this; the chief writes into
+    `config.output_dir`, the other workers into temporary directories.
+    """
+    if config.precision != "float32":
+        distribute.set_precision(config.precision)
+    strategy = distribute.make_strategy(config.strategy)
+    out = distribute.worker_output_dir(config.output_dir, strategy)
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "config.json"), dataclasses.asdict(config))
     tf.keras.utils.set_random_seed(config.seed)
     data = data or datasets.load(config.dataset, config.data_dir)
-    model = build_model(config, data)
-    model.compile(tf.keras.optimizers.Adam(config.learning_rate))
+    with strategy.scope():
+        model = build_model(config, data)
+        model.compile(tf.keras.optimizers.Adam(config.learning_rate))
 
     train_data = datasets.pipeline(data.x_train, data.y_train, config.batch_size, shuffle=True,
                                    max_shift=config.max_shift, seed=config.seed)
     test_data = datasets.pipeline(data.x_test, data.y_test, config.batch_size)
     schedule = tf.keras.callbacks.LearningRateScheduler(
         lambda epoch: config.learning_rate * config.lr_decay ** epoch)
-    out = config.output_dir
     history = model.fit(
         train_data, validation_data=test_data, epochs=config.epochs, verbose=config.verbose,
         callbacks=[
             kcaps.callbacks.EpochTimer(),
             schedule,
-            tf.keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
+            # the same backup path on every worker: Keras keeps non-chief copies apart itself
+            tf.keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")),
             tf.keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
             tf.keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
             *callbacks,
@@ -106,6 +123,8 @@ def train(config, callbacks=(), data=None):
         "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else None,
         "train_seconds": float(np.sum(epoch_seconds)) if epoch_seconds else None,
         "test_images_per_second": len(data.x_test) / inference_seconds,
+        "replicas": strategy.num_replicas_in_sync,
+        "precision": tf.keras.mixed_precision.global_policy().name,
         "history": {k: [float(v) for v in values] for k, values in history.items()},
     }
     _write_json(os.path.join(out, "metrics.json"), metrics)

@@ -24,7 +24,8 @@ def capsule_head(features, num_classes, capsule_dim, routing_iterations, decoder
     _checks.positive_int(name, "num_classes", num_classes)
     capsules = CapsuleDense(num_classes, capsule_dim, routing_iterations=routing_iterations,
                             name="class_capsules", **capsule_kwargs)(features)
-    lengths = CapsuleLength(name=LENGTHS)(capsules)
+    # float32 output, as Keras advises for the last layer under mixed precision
+    lengths = CapsuleLength(name=LENGTHS, dtype="float32")(capsules)
     if not decoder:
         return CapsuleModel(image, lengths, name=name)
     label = tf.keras.Input((num_classes,), name=LABEL_INPUT)
