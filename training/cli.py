@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 
+from training import fast_training
 from training import train as recipe
 
 _DEFAULTS = recipe.TrainConfig.__dataclass_fields__
@@ -36,6 +37,7 @@ def add_train_arguments(parser, model=None, dataset=None, epochs=None):
     parser.add_argument("--seed", type=int, default=_default("seed"))
     parser.add_argument("--verbose", type=int, default=_default("verbose"),
                         help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch")
+    fast_training.add_arguments(parser)
 
 
 def config_from_args(args, output_dir):
@@ -43,7 +45,8 @@ def config_from_args(args, output_dir):
         model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
         max_shift=args.max_shift, routing_iterations=args.routing_iterations,
-        output_dir=output_dir, seed=args.seed, verbose=args.verbose)
+        output_dir=output_dir, seed=args.seed, verbose=args.verbose,
+        **fast_training.config_kwargs(args))
 
 
 def print_report(metrics, output_dir):
@@ -70,7 +73,7 @@ def cmd_quickstart(args):
 
 # Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
 # Features add their command in their own module and one line here.
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("training.sweep",)
 
 
 def build_parser():
