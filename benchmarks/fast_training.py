@@ -59,16 +59,17 @@ def policy_name(row):
 
 
 def seconds_to_reach(point_dir, target):
-    """Seconds summed over the epochs up to the first whose test accuracy is >= target."""
+    """(wall s, CPU s, epochs) summed up to the first epoch whose test accuracy is >= target."""
     rows = sweep.read_log(os.path.join(point_dir, "log.csv"))
     by_epoch = {int(r["epoch"]): r for r in rows}
     key = next(k for k in rows[0] if k.startswith("val_") and k.endswith("accuracy"))
-    total = 0.0
+    wall = cpu = 0.0
     for epoch in sorted(by_epoch):
-        total += float(by_epoch[epoch]["epoch_seconds"])
+        wall += float(by_epoch[epoch]["epoch_seconds"])
+        cpu += float(by_epoch[epoch]["epoch_cpu_seconds"])
         if float(by_epoch[epoch][key]) >= target:
-            return total, epoch + 1
-    return None, None
+            return wall, cpu, epoch + 1
+    return None, None, None
 
 
 def batch_cost_rows(model_name, n=1024):
@@ -81,8 +82,8 @@ def batch_cost_rows(model_name, n=1024):
 
     import kcaps
     import tensorflow as tf
-    from kcaps.adaptive_batch import AdaptiveBatchSequence
-    from training import datasets, fast_training
+    from kcaps.adaptive_batch import AdaptiveBatchDataset
+    from training import datasets
 
     data = datasets.load_real_digits()
     x, y = data.x_train[:n], data.y_train[:n]
@@ -91,13 +92,14 @@ def batch_cost_rows(model_name, n=1024):
         tf.keras.utils.set_random_seed(0)
         model = kcaps.models.get(model_name)()
         model.compile(tf.keras.optimizers.Adam(1e-3), steps_per_execution=spe)
-        sequence = AdaptiveBatchSequence(x, y, batch, augment=fast_training.random_shift(2))
-        model.fit(sequence, epochs=1, verbose=0)  # trace and warm up
-        start = time.perf_counter()
-        model.fit(sequence, epochs=1, verbose=0)
-        seconds = time.perf_counter() - start
+        train = AdaptiveBatchDataset(datasets.examples(x, y, shuffle=True, max_shift=2), batch)
+        model.fit(train, epochs=1, verbose=0)  # trace and warm up
+        start, cpu = time.perf_counter(), time.process_time()
+        model.fit(train, epochs=1, verbose=0)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         rows.append({"batch size": batch, "steps per execution": spe,
-                     "ms per image": 1e3 * seconds / n, "ms per step": 1e3 * seconds / len(sequence),
+                     "ms per image": 1e3 * seconds / n, "CPU ms per image": 1e3 * cpu / n,
+                     "ms per step": 1e3 * seconds / int(train.cardinality()),
                      "s per 8,000-image epoch": seconds * 8000 / n})
     return rows
 
@@ -115,10 +117,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if not args.skip_batch_cost:
-        print("== per-image training cost against batch size (AdaptiveBatchSequence, 1,024 images)")
+        print("== per-image training cost against batch size (AdaptiveBatchDataset, 1,024 images)")
         print_table(batch_cost_rows(args.model), ["batch size", "steps per execution",
-                                                  "ms per image", "ms per step",
-                                                  "s per 8,000-image epoch"])
+                                                  "ms per image", "CPU ms per image",
+                                                  "ms per step", "s per 8,000-image epoch"])
     base = recipe.TrainConfig(
         model=args.model, dataset="real_digits", epochs=args.epochs, batch_size=128,
         learning_rate=1e-3, steps_per_execution=args.steps_per_execution, seed=args.seed,
@@ -126,47 +128,60 @@ def main(argv=None):
     rows = sweep.run_sweep(base, grids(args.scaled_warm_epochs), args.output)
     baseline = next(r for r in rows if policy_name(r) == "baseline")
     target = baseline["final_accuracy"] - TOLERANCE
-    base_total = baseline["total_seconds"]
-    base_fastrcaps = baseline["fastrcaps_seconds"]
     paper_base = PAPER["baseline"][1] * PAPER["baseline"][2]
+
+    def vs(value, reference):
+        return f"{100 * (value / reference - 1):+.1f}%"
 
     print(f"\n{args.model} on real digits (8,000 train / 2,000 test), {args.epochs} epochs, "
           f"steps_per_execution={args.steps_per_execution}; baseline final accuracy "
           f"{100 * baseline['final_accuracy']:.2f}%, target {100 * target:.2f}%")
-    header = ("| policy | point | best acc | final acc | epochs to best | s/epoch | FasTrCaps s | "
-              "vs baseline | s to target | vs baseline total | paper acc | paper time | paper vs "
-              "baseline |")
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    print("time columns: wall-clock s (CPU s of the process); 'to target' = spent until the test "
+          "accuracy first reached the target, against the baseline's whole run")
+    columns = ["policy", "point", "best acc", "final acc", "epochs to best", "s/epoch",
+               "FasTrCaps time", "vs baseline", "CPU vs baseline", "to target", "vs baseline",
+               "CPU vs baseline", "paper acc", "paper time", "paper vs baseline"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     verdicts = []
     for row in rows:
         name = policy_name(row)
-        reach, epoch = seconds_to_reach(os.path.join(args.output, "points", row["point"]), target)
-        paper = PAPER.get(name)
-        paper_cells = ("", "", "")
-        if paper and (name != "warm_adabatch" or "warm_epochs" not in row["point"]):
+        wall, cpu, epoch = seconds_to_reach(os.path.join(args.output, "points", row["point"]),
+                                            target)
+        paper = PAPER.get(name) if "warm_epochs" not in row["point"] else None
+        cells = [name, row["point"], f"{100 * row['best_accuracy']:.2f}%",
+                 f"{100 * row['final_accuracy']:.2f}%", str(row["best_epoch"]),
+                 f"{row['mean_epoch_seconds']:.1f} ({row['mean_epoch_cpu_seconds']:.0f})",
+                 f"{row['fastrcaps_seconds']:.0f} ({row['fastrcaps_cpu_seconds']:.0f})",
+                 vs(row["fastrcaps_seconds"], baseline["fastrcaps_seconds"]),
+                 vs(row["fastrcaps_cpu_seconds"], baseline["fastrcaps_cpu_seconds"])]
+        if wall is None:
+            cells += ["never", "", ""]
+        else:
+            cells += [f"{wall:.0f} ({cpu:.0f}), epoch {epoch}",
+                      vs(wall, baseline["total_seconds"]), vs(cpu, baseline["total_cpu_seconds"])]
+        if paper:
             paper_time = paper[1] * paper[2]
-            paper_cells = (f"{paper[0]:.2f}%", f"{paper_time:,} s",
-                           f"{100 * (paper_time / paper_base - 1):+.1f}%")
-        print(f"| {name} | {row['point']} | {100 * row['best_accuracy']:.2f}% | "
-              f"{100 * row['final_accuracy']:.2f}% | {row['best_epoch']} | "
-              f"{row['mean_epoch_seconds']:.1f} | {row['fastrcaps_seconds']:.0f} | "
-              f"{100 * (row['fastrcaps_seconds'] / base_fastrcaps - 1):+.1f}% | "
-              + (f"{reach:.0f} (epoch {epoch})" if reach is not None else "never") + " | "
-              + (f"{100 * (reach / base_total - 1):+.1f}%" if reach is not None else "") + " | "
-              + " | ".join(paper_cells) + " |")
-        if name == "warm_adabatch" and reach is not None:
-            verdicts.append((reach / base_total, row["point"]))
+            cells += [f"{paper[0]:.2f}%", f"{paper[1]} x {paper[2]} = {paper_time:,} s",
+                      vs(paper_time, paper_base)]
+        else:
+            cells += ["", "", ""]
+        print("| " + " | ".join(cells) + " |")
+        if name == "warm_adabatch" and wall is not None:
+            verdicts.append((wall / baseline["total_seconds"], cpu / baseline["total_cpu_seconds"],
+                             row["point"]))
 
-    print(f"\nbaseline: {100 * baseline['final_accuracy']:.2f}% final in {base_total:.0f} s "
-          f"(FasTrCaps time {base_fastrcaps:.0f} s)")
+    print(f"\nbaseline: {100 * baseline['final_accuracy']:.2f}% final in "
+          f"{baseline['total_seconds']:.0f} s wall, {baseline['total_cpu_seconds']:.0f} CPU s "
+          f"(FasTrCaps time {baseline['fastrcaps_seconds']:.0f} s)")
     if not verdicts:
         print("claim: no WarmAdaBatch configuration reached the target: FAIL")
         return 1
-    ratio, point = min(verdicts)
-    ok = ratio <= 0.5
-    print(f"claim: best WarmAdaBatch ({point}) reaches {100 * target:.2f}% in {100 * ratio:.0f}% "
-          f"of the baseline's training time (target <= 50%): {'PASS' if ok else 'FAIL'}")
+    wall_ratio, cpu_ratio, point = min(verdicts)
+    ok = wall_ratio <= 0.5
+    print(f"claim: best WarmAdaBatch ({point}) reaches {100 * target:.2f}% in "
+          f"{100 * wall_ratio:.0f}% of the baseline's wall-clock training time "
+          f"({100 * cpu_ratio:.0f}% of its CPU time); target <= 50%: {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 

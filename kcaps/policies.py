@@ -100,7 +100,7 @@ def warm_adabatch(num_examples, epochs, learning_rate=1e-3, warm_epochs=3, warm_
     Batch size `warm_batch_size` (1) for `warm_epochs` (3) epochs, then `batch_size` (16); a cosine
     learning rate per step from `learning_rate` down to `learning_rate / 10`, whose first cycle
     spans the warm epochs and restarts exactly at the batch switch, the second spanning the rest.
-    Train with an `AdaptiveBatchSequence` and an `AdaptiveBatchSize` callback.
+    Train with an `AdaptiveBatchDataset` and an `AdaptiveBatchSize` callback.
     """
     batches = batch_size_schedule("adabatch", warm_epochs=warm_epochs,
                                   warm_batch_size=warm_batch_size, adabatch_size=batch_size)

@@ -74,9 +74,7 @@ class CosineRestarts(tf.keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 f"CosineRestarts: `cycle_steps` must be a non-empty list of positive integers, "
                 f"got {cycle_steps!r}")
-        self.cycle_steps = [positive_steps("CosineRestarts", "cycle_steps", int(s) if
-                                           isinstance(s, float) and s.is_integer() else s)
-                            for s in cycle_steps]
+        self.cycle_steps = [positive_steps("CosineRestarts", "cycle_steps", s) for s in cycle_steps]
         self.name = name
 
     def __call__(self, step):

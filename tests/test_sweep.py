@@ -36,9 +36,11 @@ def test_grids_expand_to_the_union_of_their_products():
 
 
 def test_summary_uses_fastrcaps_training_time():
-    log = [{"epoch": str(e), "epoch_seconds": str(s), "val_accuracy": str(a)} for e, s, a in
+    log = [{"epoch": str(e), "epoch_seconds": str(s), "epoch_cpu_seconds": str(2 * s),
+            "val_accuracy": str(a)} for e, s, a in
            [(0, 10.0, 0.90), (1, 2.0, 0.95), (2, 3.0, 0.97), (3, 5.0, 0.96)]]
-    log.append({"epoch": "3", "epoch_seconds": "5.0", "val_accuracy": "0.96"})  # repeated epoch
+    log.append({"epoch": "3", "epoch_seconds": "5.0", "epoch_cpu_seconds": "10.0",
+                "val_accuracy": "0.96"})  # an epoch repeated by a resumed run
     figures = sweep.summarize(log)
     assert figures["best_accuracy"] == 0.97 and figures["best_epoch"] == 3
     assert figures["mean_epoch_seconds"] == pytest.approx(5.0)
@@ -46,6 +48,8 @@ def test_summary_uses_fastrcaps_training_time():
     assert figures["seconds_to_best"] == pytest.approx(15.0)
     assert figures["total_seconds"] == pytest.approx(20.0)
     assert figures["final_accuracy"] == 0.96 and figures["epochs_run"] == 4
+    assert figures["fastrcaps_cpu_seconds"] == pytest.approx(30.0)
+    assert figures["total_cpu_seconds"] == pytest.approx(40.0)
 
 
 def test_pareto_front_keeps_only_undominated_points():

@@ -7,9 +7,9 @@ plan is the recipe's own: Adam at `learning_rate`, decayed by `lr_decay` every e
 
 - `lr_policy` in `kcaps.policies.LR_POLICIES`: a per-step `LearningRateSchedule` inside the
   optimizer (saved and restored with it) and a `LearningRateLogger` (`lr`, `lr_end` per epoch);
-- `batch_policy="adabatch"`: an `AdaptiveBatchSequence` of the training arrays (shuffled, shifted
-  by up to `max_shift` pixels like the `tf.data` pipeline) and an `AdaptiveBatchSize` callback
-  (`batch_size` per epoch): `warm_batch_size` for `warm_epochs`, then `adabatch_size`.
+- `batch_policy="adabatch"`: an `AdaptiveBatchDataset` over the same shuffled, shifted examples
+  as the recipe's `tf.data` pipeline, and an `AdaptiveBatchSize` callback (`batch_size` per
+  epoch): `warm_batch_size` for `warm_epochs`, then `adabatch_size`.
 
 WarmAdaBatch is `lr_policy="warm_adabatch", batch_policy="adabatch"` (the defaults of the other
 fields are the paper's: batch 1 for 3 epochs, then 16). `steps_per_execution` runs several
@@ -18,7 +18,6 @@ batch size 1); the updates are the same.
 """
 import dataclasses
 
-import numpy as np
 import tensorflow as tf
 
 import kcaps
@@ -36,7 +35,7 @@ class Plan:
     """What `model.fit` needs from the policies: optimizer rate, data, callbacks."""
 
     learning_rate: object  # float or LearningRateSchedule
-    train_data: object  # tf.data.Dataset or AdaptiveBatchSequence
+    train_data: object  # tf.data.Dataset (an AdaptiveBatchDataset for adabatch)
     schedule_callbacks: list  # before BackupAndRestore
     data_callbacks: list  # after BackupAndRestore, before CSVLogger
 
@@ -117,27 +116,11 @@ def plan(config, data):
         train_data = datasets.pipeline(data.x_train, data.y_train, config.batch_size, shuffle=True,
                                        max_shift=config.max_shift, seed=config.seed)
         return Plan(learning_rate, train_data, schedule_callbacks, [])
-    sequence = adaptive_batch.AdaptiveBatchSequence(
-        data.x_train, data.y_train, batches.batch_size(0), shuffle=True,
-        augment=random_shift(config.max_shift), seed=config.seed)
-    return Plan(learning_rate, sequence, schedule_callbacks,
-                [adaptive_batch.AdaptiveBatchSize(batches, sequence)])
-
-
-def random_shift(max_shift):
-    """NumPy twin of `datasets.shift_augment` for batches: shift each image by up to `max_shift`
-    pixels each way, zero-filled (pad, then crop at a random offset)."""
-    if max_shift <= 0:
-        return None
-
-    def shift(images, rng):
-        s = max_shift
-        padded = np.pad(images, ((0, 0), (s, s), (s, s), (0, 0)))
-        offsets = rng.integers(0, 2 * s + 1, size=(len(images), 2))
-        h, w = images.shape[1:3]
-        return np.stack([padded[k, dy:dy + h, dx:dx + w] for k, (dy, dx) in enumerate(offsets)])
-
-    return shift
+    train_data = adaptive_batch.AdaptiveBatchDataset(
+        datasets.examples(data.x_train, data.y_train, shuffle=True, max_shift=config.max_shift,
+                          seed=config.seed), batches.batch_size(0))
+    return Plan(learning_rate, train_data, schedule_callbacks,
+                [adaptive_batch.AdaptiveBatchSize(batches, train_data)])
 
 
 def add_arguments(parser):

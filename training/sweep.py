@@ -13,7 +13,9 @@ are joined (FasTrCaps' comparison is not a full product). Every other flag is th
   reached it; `final_accuracy`: the last epoch's;
 - `fastrcaps_seconds`: FasTrCaps' training time, epochs to the best accuracy x mean seconds per
   epoch; `seconds_to_best`: the seconds really spent up to that epoch; `total_seconds`: all
-  epochs (epoch seconds include the epoch's evaluation, as `model.fit` measures an epoch).
+  epochs (epoch seconds include the epoch's evaluation, as `model.fit` measures an epoch);
+- the same in CPU seconds of the training process (`*_cpu_seconds`), which other processes on
+  a shared machine disturb far less than wall-clock seconds.
 
 `OUTPUT/pareto.png` plots accuracy against time with the Pareto front highlighted; the Pareto set
 is printed. Run the same command again to resume: finished points (rows of `sweep.csv`) are not
@@ -49,10 +51,12 @@ GRID_KEYS = {
     "seed": int,
     "steps_per_execution": int,
 }
-TIME_KEYS = ("fastrcaps_seconds", "seconds_to_best", "total_seconds")
+TIME_KEYS = ("fastrcaps_seconds", "seconds_to_best", "total_seconds", "fastrcaps_cpu_seconds",
+             "total_cpu_seconds")
 ACCURACY_KEYS = ("best_accuracy", "final_accuracy")
 RESULT_COLUMNS = ("parameters", "epochs_run", "best_accuracy", "best_epoch", "final_accuracy",
-                  "mean_epoch_seconds", "fastrcaps_seconds", "seconds_to_best", "total_seconds")
+                  "mean_epoch_seconds", "fastrcaps_seconds", "seconds_to_best", "total_seconds",
+                  "mean_epoch_cpu_seconds", "fastrcaps_cpu_seconds", "total_cpu_seconds")
 _UNSHARED = ("output_dir", "verbose")  # base-config fields that may change between resumes
 
 
@@ -108,11 +112,14 @@ def summarize(log_rows):
     best = max(accuracy)
     best_epoch = accuracy.index(best) + 1  # epochs to reach it, as FasTrCaps counts
     mean = sum(seconds) / len(seconds)
+    cpu = [float(r.get("epoch_cpu_seconds") or "nan") for r in rows]
+    mean_cpu = sum(cpu) / len(cpu)
     return {
         "epochs_run": len(rows), "best_accuracy": best, "best_epoch": best_epoch,
         "final_accuracy": accuracy[-1], "mean_epoch_seconds": mean,
         "fastrcaps_seconds": best_epoch * mean, "seconds_to_best": sum(seconds[:best_epoch]),
-        "total_seconds": sum(seconds),
+        "total_seconds": sum(seconds), "mean_epoch_cpu_seconds": mean_cpu,
+        "fastrcaps_cpu_seconds": best_epoch * mean_cpu, "total_cpu_seconds": sum(cpu),
     }
 
 
