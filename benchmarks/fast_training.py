@@ -7,8 +7,8 @@ Trains, one after the other in this process (through `kcaps sweep`'s `run_sweep`
 short resumes where it stopped): the baseline (Adam, fixed learning rate 1e-3, fixed batch size
 128 - the authors' default - for the epoch budget), exponential decay, one-cycle, warm restarts,
 adaptive batch alone, and WarmAdaBatch (the paper's rule: batch 1 for 3 epochs, then 16, cosine
-restart at the switch) plus WarmAdaBatch with the warm phase scaled to 1 epoch at batch 1 or 4. On the real
-digits split (first 8,000 MNIST test images train, last 2,000 evaluate).
+restart at the switch) plus WarmAdaBatch with the warm phase scaled to 1 epoch at batch 1 or 4.
+On the real-digits split (first 8,000 MNIST test images train, last 2,000 evaluate).
 
 Prints every policy's figures next to the paper's (CapsNet, MNIST, 100 epochs, GPU) and checks
 the claim of issue 5: the best WarmAdaBatch configuration reaches the baseline's final accuracy
