@@ -70,12 +70,18 @@ class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
                 f"leaves no positions on an input of shape {shape}"
             )
         self.conv.build(shape)
+        out = self.conv.compute_output_shape(shape)
+        # Known at build time, the capsule count stays static even when a call's input spec only
+        # gives ranks (Keras feeds `Sequence` data with unknown height and width).
+        self._positions = out[1] * out[2] if out[1] is not None and out[2] is not None else None
         super().build(input_shape)
 
     def call(self, inputs):
         x = self.conv(inputs)
-        return self._squash(tf.reshape(x, [-1, self._num_positions(x) * self.capsule_types,
-                                           self.capsule_dim]))
+        positions = self._positions or self._num_positions(x)
+        if positions == -1:
+            return self._squash(tf.reshape(x, [tf.shape(x)[0], -1, self.capsule_dim]))
+        return self._squash(tf.reshape(x, [-1, positions * self.capsule_types, self.capsule_dim]))
 
     @staticmethod
     def _num_positions(x):
@@ -120,8 +126,12 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
       routing_iterations: number of routing iterations (>= 1).
       weight_sharing: None, an int K (input capsule i uses matrix `i mod K`, FasTrCaps' tiling),
         `"type"` (one matrix per primary-capsule type) or `"position"` (one per position); the two
-        named modes need `capsule_types`. Routing stays per capsule.
+        named modes need `capsule_types`. Routing stays per capsule. The table in
+        `kcaps.projections.sharing_index` says which option is which of the paper's.
       capsule_types: capsule types of the input layer (for the named sharing modes).
+      sharing_order: how an int K counts input capsules: `"position_major"` (kcaps' order,
+        default) or `"type_major"` (FasTrCaps' order; `weight_sharing=32,
+        sharing_order="type_major"` is the paper's shared CapsNet).
       squash: `"squash"` (Sabour et al.) or `"approx"` (FasTrCaps' piecewise-linear squash).
       use_bias: add a learned bias to s_j (Google's reference code; not in the paper).
       kernel_initializer: default `kcaps.initializers.CapsuleFanIn()` (variance 1 / input_dim per
@@ -134,7 +144,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     def __init__(self, num_capsules, capsule_dim, routing="dynamic", routing_iterations=3,
                  weight_sharing=None, capsule_types=None, squash="squash", use_bias=False,
                  kernel_initializer=None, kernel_regularizer=None,
-                 kernel_constraint=None, **kwargs):
+                 kernel_constraint=None, sharing_order="position_major", **kwargs):
         super().__init__(**kwargs)
         self.num_capsules = _checks.positive_int("CapsuleDense", "num_capsules", num_capsules)
         self.capsule_dim = _checks.positive_int("CapsuleDense", "capsule_dim", capsule_dim)
@@ -150,7 +160,8 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         projection_name, self._agreement = ROUTING_VARIANTS[routing]
         self.projection = getattr(projections, projection_name)(
             self.num_capsules, self.capsule_dim, weight_sharing=weight_sharing,
-            capsule_types=capsule_types, kernel_initializer=kernel_initializer,
+            capsule_types=capsule_types, sharing_order=sharing_order,
+            kernel_initializer=kernel_initializer,
             kernel_regularizer=kernel_regularizer, kernel_constraint=kernel_constraint,
             name="projection",
         )
@@ -188,8 +199,8 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
             num_capsules=self.num_capsules, capsule_dim=self.capsule_dim, routing=self.routing,
             routing_iterations=self.routing_iterations, squash=self.squash, use_bias=self.use_bias,
             **{key: projection[key] for key in (
-                "weight_sharing", "capsule_types", "kernel_initializer", "kernel_regularizer",
-                "kernel_constraint")},
+                "weight_sharing", "capsule_types", "sharing_order", "kernel_initializer",
+                "kernel_regularizer", "kernel_constraint")},
         )
         return config
 

@@ -5,7 +5,7 @@
 is stored or applied, so every capsule layer and every routing algorithm reuses them:
 
 - `DenseProjection`: one float matrix per pair (Sabour et al.); optionally shared across input
-  capsules (FasTrCaps weight sharing).
+  capsules (FasTrCaps weight sharing, see `sharing_index` for which capsule uses which matrix).
 - `XnorProjection`: the XnODR projection, inputs and weights binarized with XNOR-Net scaling.
 
 Internally u_hat is laid out as `(batch, num_out, num_in, out_dim)`, the layout in which routing's
@@ -23,36 +23,82 @@ import tensorflow as tf
 from kcaps import _checks, _optional, initializers
 
 SHARING_MODES = ("type", "position")
+SHARING_ORDERS = ("position_major", "type_major")
 
 
-def sharing_index(num_in, weight_sharing, capsule_types=None):
+def sharing_index(num_in, weight_sharing, capsule_types=None, sharing_order="position_major"):
     """Map each input capsule to the index of the matrix it uses.
+
+    kcaps' `PrimaryCapsules` orders capsules position-major, `i = position * capsule_types +
+    type`; FasTrCaps' PyTorch primary capsules are type-major, `i = type * positions + position`.
+    Its weight sharing keeps K unique matrices and tiles them (`weight.repeat(R, 1, 1)` with
+    `R = num_in / K`), so input capsule i uses matrix `i mod K` *in its own order*. Which kcaps
+    option gives which sharing, for the 32 types x 36 positions = 1152 capsules of CapsNet:
+
+    | sharing | matrices | kcaps option | FasTrCaps flag |
+    |---|---|---|---|
+    | per type (shared over the positions) | 32 | `"type"` (= int 32 position-major) | none |
+    | per position (shared over the types) | 36 | `"position"` (= int 36 type-major) | `--digit-shared-weights 32` |
+    | the paper's 6,719,920-parameter net | 32 | `32` with `sharing_order="type_major"` | `--digit-shared-weights 36` |
+
+    The paper's configuration is neither per type nor per position: type-major capsule
+    `36 t + p` uses matrix `(36 t + p) mod 32 = (4 t + p) mod 32`. An int K with the default
+    `sharing_order="position_major"` tiles kcaps' own order instead (`i mod K`), which for
+    K = capsule_types is per-type sharing.
 
     Args:
       num_in: number of input capsules.
-      weight_sharing: None (one matrix per input capsule), an int K (FasTrCaps' tiling: capsule i
-        uses matrix `i mod K`), `"type"` (one matrix per primary-capsule type, shared over
-        positions) or `"position"` (one matrix per position, shared over types).
-      capsule_types: number of capsule types of the primary-capsule layer; needed by `"type"` and
-        `"position"`. kcaps' `PrimaryCapsules` orders capsules position-major
-        (`i = position * capsule_types + type`), so `"type"` is the tiling with K = capsule_types.
+      weight_sharing: None (one matrix per input capsule), an int K (tiling: capsule i uses matrix
+        `i mod K`, counting i in `sharing_order`), `"type"` (one matrix per primary-capsule type,
+        shared over positions) or `"position"` (one matrix per position, shared over types).
+      capsule_types: number of capsule types of the primary-capsule layer; needed by `"type"`,
+        `"position"` and `sharing_order="type_major"`.
+      sharing_order: how an int K counts the capsules: `"position_major"` (kcaps' order) or
+        `"type_major"` (FasTrCaps' PyTorch order). Ignored by None and the named modes.
     Returns:
       An int32 numpy array of shape (num_in,), or None without sharing.
     """
     if weight_sharing is None:
         return None
-    if weight_sharing in SHARING_MODES:
+    if sharing_order not in SHARING_ORDERS:
+        raise ValueError(f"sharing_order must be one of {SHARING_ORDERS}, got {sharing_order!r}")
+    named = weight_sharing in SHARING_MODES
+    if named or sharing_order == "type_major":
         if capsule_types is None or num_in % capsule_types:
+            what = f"weight_sharing={weight_sharing!r}" if named else "sharing_order='type_major'"
             raise ValueError(
-                f"weight_sharing={weight_sharing!r} needs `capsule_types` dividing the {num_in} input "
-                f"capsules, got capsule_types={capsule_types!r}"
+                f"{what} needs `capsule_types` dividing the {num_in} input capsules, got "
+                f"capsule_types={capsule_types!r}"
             )
-        i = np.arange(num_in)
+    i = np.arange(num_in)
+    if named:
         return (i % capsule_types if weight_sharing == "type" else i // capsule_types).astype(np.int32)
     unique = _checks.positive_int("weight_sharing", "weight_sharing", weight_sharing)
     if unique > num_in:
         raise ValueError(f"weight_sharing={unique} unique matrices exceed the {num_in} input capsules")
-    return (np.arange(num_in) % unique).astype(np.int32)
+    if sharing_order == "type_major":  # renumber kcaps' capsule (p, t) as FasTrCaps' t * P + p
+        positions = num_in // capsule_types
+        i = (i % capsule_types) * positions + i // capsule_types
+    return (i % unique).astype(np.int32)
+
+
+def sharing_layout(index):
+    """`(outer, groups, inner)` with `index[i] == (i // inner) % groups`, or None if no such form.
+
+    Capsule `i = (o * groups + k) * inner + r` then uses matrix k: a reshape of the capsules to
+    `(outer, groups, inner)` puts every capsule that shares a matrix on one batched-matmul row
+    block, so shared weights need no gather of the kernel (and no scatter of its gradient).
+    Per type, per position and any K dividing the capsule count have this form; FasTrCaps'
+    K = 32 tiling of 36 positions does not and falls back to the gather.
+    """
+    num_in = len(index)
+    groups = int(index.max()) + 1
+    for inner in range(1, num_in + 1):
+        if num_in % (groups * inner) == 0:
+            i = np.arange(num_in)
+            if np.array_equal(index, (i // inner) % groups):
+                return num_in // (groups * inner), groups, inner
+    return None
 
 
 @tf.keras.utils.register_keras_serializable(package="kcaps")
@@ -67,15 +113,19 @@ class DenseProjection(tf.keras.layers.Layer):
     """
 
     def __init__(self, num_capsules, capsule_dim, weight_sharing=None, capsule_types=None,
-                 kernel_initializer=None, kernel_regularizer=None,
+                 sharing_order="position_major", kernel_initializer=None, kernel_regularizer=None,
                  kernel_constraint=None, **kwargs):
         super().__init__(**kwargs)
         self.num_capsules = _checks.positive_int(type(self).__name__, "num_capsules", num_capsules)
         self.capsule_dim = _checks.positive_int(type(self).__name__, "capsule_dim", capsule_dim)
         if weight_sharing is not None and weight_sharing not in SHARING_MODES:
             _checks.positive_int(type(self).__name__, "weight_sharing", weight_sharing)
+        if sharing_order not in SHARING_ORDERS:
+            raise ValueError(f"{type(self).__name__}: `sharing_order` must be one of "
+                             f"{SHARING_ORDERS}, got {sharing_order!r}")
         self.weight_sharing = weight_sharing
         self.capsule_types = capsule_types
+        self.sharing_order = sharing_order
         self.kernel_initializer = tf.keras.initializers.get(
             kernel_initializer or initializers.CapsuleFanIn())
         self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
@@ -84,8 +134,9 @@ class DenseProjection(tf.keras.layers.Layer):
     def build(self, input_shape):
         num_in, input_dim = _checks.capsule_input_shape(type(self).__name__, input_shape)
         self.num_in, self.input_dim = num_in, input_dim
-        index = sharing_index(num_in, self.weight_sharing, self.capsule_types)
+        index = sharing_index(num_in, self.weight_sharing, self.capsule_types, self.sharing_order)
         self.index = None if index is None else tf.constant(index)
+        self.layout = None if index is None else sharing_layout(index)
         num_matrices = num_in if index is None else int(index.max()) + 1
         self.kernel = self.add_weight(
             name="kernel",
@@ -109,7 +160,21 @@ class DenseProjection(tf.keras.layers.Layer):
         u_hat = tf.reshape(u_hat, [self.num_in, -1, self.num_capsules, self.capsule_dim])
         return tf.transpose(u_hat, [1, 2, 0, 3])
 
+    def project_shared(self, u, kernel):
+        """Shared kernel `(groups, d, J, K)` applied by reshape (`sharing_layout`), no gather."""
+        outer, groups, inner = self.layout
+        d, j, k = self.input_dim, self.num_capsules, self.capsule_dim
+        u = tf.reshape(u, [-1, outer, groups, inner, d])
+        u = tf.reshape(tf.transpose(u, [2, 0, 1, 3, 4]), [groups, -1, d])  # rows sharing W[g]
+        flat = tf.reshape(kernel, [groups, d, j * k])
+        u_hat = tf.matmul(u, tf.cast(flat, u.dtype))  # (groups, batch*outer*inner, J*K)
+        u_hat = tf.reshape(u_hat, [groups, -1, outer, inner, j, k])
+        u_hat = tf.transpose(u_hat, [1, 4, 2, 0, 3, 5])  # (batch, J, outer, groups, inner, K)
+        return tf.reshape(u_hat, [-1, j, self.num_in, k])
+
     def call(self, u):
+        if self.layout is not None:
+            return self.project_shared(u, self.kernel)
         return self.project(u, self.full_kernel())
 
     def macs(self):
@@ -123,6 +188,7 @@ class DenseProjection(tf.keras.layers.Layer):
             capsule_dim=self.capsule_dim,
             weight_sharing=self.weight_sharing,
             capsule_types=self.capsule_types,
+            sharing_order=self.sharing_order,
             kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer),
             kernel_regularizer=tf.keras.regularizers.serialize(self.kernel_regularizer),
             kernel_constraint=tf.keras.constraints.serialize(self.kernel_constraint),

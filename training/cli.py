@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from training import distribute
+from training import distribute, fast_training
 from training import train as recipe
 
 _DEFAULTS = recipe.TrainConfig.__dataclass_fields__
@@ -46,6 +46,7 @@ def add_train_arguments(parser, model=None, dataset=None, epochs=None):
     parser.add_argument("--cpu-replicas", type=int, default=None,
                         help="split the CPU into this many logical devices (for --strategy mirrored "
                              "without GPUs)")
+    fast_training.add_arguments(parser)
 
 
 def config_from_args(args, output_dir):
@@ -54,7 +55,7 @@ def config_from_args(args, output_dir):
         batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
         max_shift=args.max_shift, routing_iterations=args.routing_iterations,
         output_dir=output_dir, seed=args.seed, verbose=args.verbose, strategy=args.strategy,
-        precision=args.precision)
+        precision=args.precision, **fast_training.config_kwargs(args))
 
 
 def print_report(metrics, output_dir):
@@ -83,7 +84,7 @@ def cmd_quickstart(args):
 
 # Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
 # Features add their command in their own module and one line here.
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("training.sweep",)
 
 
 def build_parser():

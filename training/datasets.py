@@ -136,14 +136,20 @@ def shift_augment(image, max_shift, seed=None):
     return tf.image.random_crop(padded, tf.shape(image), seed=seed)
 
 
-def pipeline(x, y, batch_size, shuffle=False, max_shift=0, seed=0):
-    """A batched `tf.data.Dataset` of `(images, labels)`, optionally shuffled and shifted."""
+def examples(x, y, shuffle=False, max_shift=0, seed=0):
+    """An unbatched `tf.data.Dataset` of `(image, label)`, optionally shuffled and shifted."""
     data = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if max_shift:
         data = data.map(lambda image, label: (shift_augment(image, max_shift), label),
                         num_parallel_calls=tf.data.AUTOTUNE)
+    return data
+
+
+def pipeline(x, y, batch_size, shuffle=False, max_shift=0, seed=0):
+    """A batched `tf.data.Dataset` of `(images, labels)`, optionally shuffled and shifted."""
+    data = examples(x, y, shuffle=shuffle, max_shift=max_shift, seed=seed)
     options = tf.data.Options()  # in-memory data: multi-worker training shards by element
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)

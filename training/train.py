@@ -15,6 +15,7 @@ import tensorflow as tf
 
 import kcaps
 from training import datasets, distribute, plots
+from training import datasets, fast_training, plots
 
 
 @dataclasses.dataclass
@@ -35,6 +36,18 @@ class TrainConfig:
     verbose: int = 1
     strategy: str = "default"  # default | mirrored | multiworker (training.distribute)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | auto
+    # Fast training (FasTrCaps, see `training.fast_training`); these defaults keep the recipe above.
+    lr_policy: str = "epoch_decay"  # or fixed, exp_decay, one_cycle, warm_restarts, warm_adabatch
+    batch_policy: str = "fixed"  # or adabatch: warm_batch_size for warm_epochs, then adabatch_size
+    warm_epochs: int = 3
+    warm_batch_size: int = 1
+    adabatch_size: int = 16
+    decay_steps: int | None = None  # exp_decay; None: a tenfold decay over the run
+    weight_sharing: int | str | None = None  # class capsules: None, "type", "position" or K
+    sharing_order: str = "position_major"  # how an int K counts capsules (type_major: the paper)
+    decoder: bool | str | None = None  # None: the model's default; False, True or "small"
+    squash: str = "squash"  # or "approx"
+    steps_per_execution: int = 1
 
     def __post_init__(self):
         for field in ("epochs", "batch_size", "routing_iterations"):
@@ -57,6 +70,7 @@ class TrainConfig:
         if self.dataset not in datasets.NAMES:
             raise ValueError(
                 f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(datasets.NAMES)}")
+        fast_training.check(self)
 
 
 @dataclasses.dataclass
@@ -69,7 +83,7 @@ class TrainResult:
 def build_model(config, data):
     return kcaps.models.get(config.model)(
         input_shape=data.input_shape, num_classes=data.num_classes,
-        routing_iterations=config.routing_iterations)
+        routing_iterations=config.routing_iterations, **fast_training.model_options(config))
 
 
 def train(config, callbacks=(), data=None):
@@ -86,22 +100,21 @@ def train(config, callbacks=(), data=None):
     _write_json(os.path.join(out, "config.json"), dataclasses.asdict(config))
     tf.keras.utils.set_random_seed(config.seed)
     data = data or datasets.load(config.dataset, config.data_dir)
+    plan = fast_training.plan(config, data)  # the recipe's own unless a policy is chosen
     with strategy.scope():
         model = build_model(config, data)
-        model.compile(tf.keras.optimizers.Adam(config.learning_rate))
+        model.compile(tf.keras.optimizers.Adam(plan.learning_rate),
+                      steps_per_execution=config.steps_per_execution)
 
-    train_data = datasets.pipeline(data.x_train, data.y_train, config.batch_size, shuffle=True,
-                                   max_shift=config.max_shift, seed=config.seed)
     test_data = datasets.pipeline(data.x_test, data.y_test, config.batch_size)
-    schedule = tf.keras.callbacks.LearningRateScheduler(
-        lambda epoch: config.learning_rate * config.lr_decay ** epoch)
     history = model.fit(
-        train_data, validation_data=test_data, epochs=config.epochs, verbose=config.verbose,
+        plan.train_data, validation_data=test_data, epochs=config.epochs, verbose=config.verbose,
         callbacks=[
             kcaps.callbacks.EpochTimer(),
-            schedule,
+            *plan.schedule_callbacks,
             # the same backup path on every worker: Keras keeps non-chief copies apart itself
             tf.keras.callbacks.BackupAndRestore(os.path.join(config.output_dir, "backup")),
+            *plan.data_callbacks,
             tf.keras.callbacks.CSVLogger(os.path.join(out, "log.csv"), append=True),
             tf.keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
             *callbacks,
