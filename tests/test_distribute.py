@@ -88,12 +88,15 @@ def test_two_local_workers_train_and_agree_on_the_weights(tmp_path):
             [sys.executable, SCRIPT, "worker", str(tmp_path / f"w{index}.npz"),
              str(tmp_path / "run")], env=_env(TF_CONFIG=tf_config),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        try:
-            _, err = proc.communicate(timeout=600)
-        finally:
-            for p in procs:
-                p.kill() if p.poll() is None else None
+    errors = []
+    try:
+        for proc in procs:  # both must finish: the chief often ends before the other worker
+            errors.append(proc.communicate(timeout=600)[1])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, err in zip(procs, errors):
         assert proc.returncode == 0, err[-3000:]
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert int(w0["replicas"]) == 2
