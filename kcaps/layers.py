@@ -9,10 +9,11 @@
 >>> tf.keras.Model(x, scores).output_shape
 (None, 10)
 """
+import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from kcaps import _checks, ops, projections, routing
+from kcaps import _checks, _optional, ops, projections, routing
 
 _register = tf.keras.utils.register_keras_serializable(package="kcaps")
 
@@ -71,6 +72,7 @@ class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
             )
         self.conv.build(shape)
         out = self.conv.compute_output_shape(shape)
+        self._conv_output_shape = tuple(out)
         # Known at build time, the capsule count stays static even when a call's input spec only
         # gives ranks (Keras feeds `Sequence` data with unknown height and width).
         self._positions = out[1] * out[2] if out[1] is not None and out[2] is not None else None
@@ -96,6 +98,12 @@ class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
 
     def get_prunable_weights(self):
         return [self.conv.kernel]
+
+    def macs(self):
+        """Float multiply-accumulates of the convolution per example, as `{32: count}`."""
+        _require_built(self)
+        _, height, width, _ = self._conv_output_shape
+        return {32: int(np.prod(self.conv.kernel.shape)) * height * width}
 
     def get_config(self):
         conv = self.conv.get_config()
@@ -154,6 +162,8 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
             raise ValueError(
                 f"CapsuleDense: unknown routing {routing!r}; valid: {sorted(ROUTING_VARIANTS)}")
         self.routing = routing
+        if routing != "dynamic":
+            _optional.larq()  # binarized variants: fail now, saying what to install
         self.squash = squash
         self._squash = ops.get_squash(squash)
         self.use_bias = bool(use_bias)
@@ -190,7 +200,33 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         return tf.TensorShape([input_shape[0], self.num_capsules, self.capsule_dim])
 
     def get_prunable_weights(self):
+        """The transformation matrices (for XnODR, the latent float weights behind the signs)."""
         return [self.projection.kernel]
+
+    def macs(self):
+        """Multiply-accumulates per example as `{bits: count}` (1 = binary, 32 = float).
+
+        The projection's (see `kcaps.projections`), then routing's: every iteration sums
+        `c_ij u_hat[j|i]` (N x J x K float MACs); every iteration but the last adds an
+        agreement, a float dot product (N x J x K) for "dynamic" and "xnodr", and for "xnidr"
+        N x J x K binary products plus N x J x K float sums for K_ij and 2 N x J float scalings.
+        Softmax and squash are not counted (larq counts no activations either).
+        """
+        _require_built(self)
+        counts = dict(self.projection.macs())
+        n, j, k = self.projection.num_in, self.num_capsules, self.capsule_dim
+        agreements = self.routing_iterations - 1
+
+        def add(bits, count):
+            counts[bits] = counts.get(bits, 0) + count
+
+        add(32, self.routing_iterations * n * j * k)
+        if self._agreement == "xnor":
+            add(1, agreements * n * j * k)
+            add(32, agreements * (n * j * k + 2 * n * j))
+        else:
+            add(32, agreements * n * j * k)
+        return counts
 
     def get_config(self):
         config = super().get_config()
@@ -202,6 +238,39 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
                 "weight_sharing", "capsule_types", "sharing_order", "kernel_initializer",
                 "kernel_regularizer", "kernel_constraint")},
         )
+        return config
+
+
+def _require_built(layer):
+    if not layer.built:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: build the layer before counting MACs")
+
+
+@_register
+class Squash(tf.keras.layers.Layer):
+    """Squash capsules along the last axis (`"squash"`: Sabour et al.; `"approx"`: FasTrCaps').
+
+    Input and output shape: `(batch, ..., capsule_dim)`.
+
+    >>> import kcaps, tensorflow as tf
+    >>> kcaps.layers.Squash()(tf.constant([[3.0, 4.0]])).numpy().round(4)
+    array([[0.5769, 0.7692]], dtype=float32)
+    """
+
+    def __init__(self, squash="squash", **kwargs):
+        super().__init__(**kwargs)
+        self.squash = squash
+        self._squash = ops.get_squash(squash)
+
+    def call(self, inputs):
+        return self._squash(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(squash=self.squash)
         return config
 
 

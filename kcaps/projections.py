@@ -6,7 +6,8 @@ is stored or applied, so every capsule layer and every routing algorithm reuses 
 
 - `DenseProjection`: one float matrix per pair (Sabour et al.); optionally shared across input
   capsules (FasTrCaps weight sharing, see `sharing_index` for which capsule uses which matrix).
-- `XnorProjection`: the XnODR projection, inputs and weights binarized with XNOR-Net scaling.
+- `XnorProjection`: the XnODR projection, inputs and weights binarized with XNOR-Net scaling
+  (`binary_conv_scope` traces it in the form Larq Compute Engine turns into a binary conv).
 
 Internally u_hat is laid out as `(batch, num_out, num_in, out_dim)`, the layout in which routing's
 sums are batched matrix-vector products (see `kcaps.routing`). The projection is one batched
@@ -17,10 +18,13 @@ matmul over input capsules - no tiling of W over the batch - followed by one tra
 >>> projection(tf.zeros([4, 32, 8])).shape   # (batch, num_out, num_in, out_dim)
 TensorShape([4, 10, 32, 16])
 """
+import contextlib
+import threading
+
 import numpy as np
 import tensorflow as tf
 
-from kcaps import _checks, _optional, initializers
+from kcaps import _checks, _optional, initializers, xnor
 
 SHARING_MODES = ("type", "position")
 SHARING_ORDERS = ("position_major", "type_major")
@@ -196,24 +200,72 @@ class DenseProjection(tf.keras.layers.Layer):
         return config
 
 
+_BINARY_CONV = threading.local()
+
+
+@contextlib.contextmanager
+def binary_conv_scope():
+    """Within this scope `XnorProjection` traces its binary products as a grouped binary conv.
+
+    Larq Compute Engine (LCE) binarizes convolutions only, and only grouped ones with a multiple
+    of 32 input channels per group. Inside the scope, the products
+    `sum_k sign(u[i, k]) * sign(W[i, j, k, d])` are traced as one 1x1 convolution with one group
+    per input capsule: each capsule's `input_dim` channels are padded to the next multiple of 32
+    with constant +1 inputs whose weights are half +1 and half -1, so the padding adds exactly 0
+    (for an odd `input_dim` the one unbalanced weight is subtracted back as an integer). LCE
+    turns that into its `LceBconv2d` and folds `alpha` into it; `kcaps_tflite.lce` converts
+    inside this scope.
+
+    Outside the scope (the default), the products are one batched matmul: TensorFlow cannot
+    differentiate grouped convolutions on CPU and runs them 4-13x slower there. Both forms sum
+    the same +-1 integers exactly, so the layer's output is bit-identical in either form.
+
+    >>> import kcaps, tensorflow as tf
+    >>> layer = kcaps.projections.XnorProjection(num_capsules=4, capsule_dim=8)
+    >>> u = tf.random.normal([2, 16, 8])
+    >>> outside = layer(u)
+    >>> with kcaps.projections.binary_conv_scope():
+    ...     inside = layer(u)
+    >>> bool(tf.reduce_all(outside == inside))
+    True
+    """
+    previous = getattr(_BINARY_CONV, "active", False)
+    _BINARY_CONV.active = True
+    try:
+        yield
+    finally:
+        _BINARY_CONV.active = previous
+
+
+def _binary_conv_active():
+    return getattr(_BINARY_CONV, "active", False)
+
+
 @tf.keras.utils.register_keras_serializable(package="kcaps")
 class XnorProjection(DenseProjection):
     """XnODR (Sun, Fard, Mahoor): the prediction vectors are xnorized, inputs and weights both.
 
     `u_hat[j|i, d] = K_i * alpha[i, j, d] * sum_k sign(u[i, k]) * sign(W[i, j, k, d])` with
     `K_i = mean_k |u[i, k]|` and `alpha[i, j, d] = mean_k |W[i, j, k, d]|`, as in the authors'
-    code. Routing stays in float.
+    code (`XDR1_LPLayer`). Routing stays in float.
 
-    Choices (documented because the paper body was not readable here):
-    - signs are larq's `ste_sign`: sign(0) = +1 (Larq Compute Engine's bit convention; the
-      authors' `binary_tanh` maps 0 to -1, a difference on a set of measure zero) and a
-      straight-through gradient of 1 where |x| <= 1 (the authors' hard-tanh estimator);
-    - the scaling factors carry no gradient (`stop_gradient`, as in the authors' `_mean_abs`);
-    - the latent float weights are clipped to [-1, 1] (larq's `weight_clip`, the default of
-      larq's binarized layers) unless another `kernel_constraint` is given.
+    Choices:
+    - `sign` is `kcaps.xnor.sign`, the authors' binarizer: sign(0) = -1 (it matters: in the
+      authors' head the input has just been through a ReLU) and the hard-tanh straight-through
+      gradient (1 where |x| <= 1).
+    - The scaling factors K and alpha carry no gradient, as in the authors' `_mean_abs`.
+    - The latent float weights are clipped to [-1, 1] (larq's `WeightClip`, the default of
+      larq's binarized layers) unless another `kernel_constraint` is given. The authors do not
+      clip, but their straight-through gradient is 0 beyond |W| = 1, where a weight would stop
+      training for good.
 
-    The kernel is a larq `QuantizedVariable` with precision 1, so `larq.models.summary` counts
-    it as binary and it is stored in 1 bit per weight after conversion.
+    The kernel is a larq `QuantizedVariable` with precision 1: `larq.models.summary` counts it
+    as binary (1 bit per weight, 32x smaller than float). A deployed layer also stores alpha,
+    one float per (i, j, d), i.e. one per `input_dim` binary weights. See `binary_conv_scope`
+    for the form Larq Compute Engine converts to its binary convolution.
+
+    Input shape: `(batch, num_in, input_dim)`.
+    Output shape: `(batch, num_capsules, num_in, capsule_dim)`.
     """
 
     def __init__(self, num_capsules, capsule_dim, kernel_constraint=None, **kwargs):
@@ -230,19 +282,46 @@ class XnorProjection(DenseProjection):
 
         def getter(*args, **getter_kwargs):  # same wrapping as larq's own quantized layers
             return larq.quantized_variable.QuantizedVariable.from_variable(
-                make_variable(*args, **getter_kwargs), larq.quantizers.ste_sign, precision=1)
+                make_variable(*args, **getter_kwargs), xnor.sign, precision=1)
 
         return super()._add_variable_with_custom_getter(name, getter=getter, **kwargs)
 
     def call(self, u):
-        sign = _optional.larq().quantizers.ste_sign
-        latent = self.full_kernel(self.kernel.latent_variable)
-        k = tf.stop_gradient(tf.reduce_mean(tf.abs(u), axis=-1))  # (batch, num_in)
-        alpha = tf.stop_gradient(tf.reduce_mean(tf.abs(latent), axis=1))  # (num_in, J, K)
-        u_hat = self.project(sign(u), sign(latent))  # (batch, J, num_in, K)
-        alpha = tf.cast(tf.transpose(alpha, [1, 0, 2]), k.dtype)  # (J, num_in, K)
-        return u_hat * k[:, tf.newaxis, :, tf.newaxis] * alpha
+        latent = tf.cast(self.full_kernel(self.kernel.latent_variable), u.dtype)  # (N, D, J, K)
+        alpha = xnor.mean_abs(latent, axis=1)  # (N, J, K)
+        k = xnor.mean_abs(u, axis=-1)[:, tf.newaxis, :, tf.newaxis]  # K_i, as (batch, 1, N, 1)
+        if _binary_conv_active():
+            scaled = self._scaled_products_as_conv(u, latent, alpha)
+        else:  # (batch, J, N, K) integer counts, times alpha laid out the same way
+            counts = self.project(xnor.sign(u), xnor.sign(latent))
+            scaled = counts * tf.transpose(alpha, [1, 0, 2])
+        return scaled * k
+
+    def _scaled_products_as_conv(self, u, latent, alpha):
+        """`alpha * sum_k sign(u) sign(W)` as one grouped 1x1 binary convolution (see the scope)."""
+        n, d, j, c = self.num_in, self.input_dim, self.num_capsules, self.capsule_dim
+        width = -(-d // 32) * 32  # channels per group: the next multiple of 32
+        pad = width - d
+        batch = tf.shape(u)[0]
+        # sign(u) = -ste_sign(-u); the minus goes into the weights, so that the tensor LCE
+        # quantizes feeds the convolution directly. Padded inputs are constant +1.
+        x = tf.concat([-u, tf.ones([batch, n, pad], u.dtype)], axis=-1)
+        x = _optional.larq().quantizers.ste_sign(tf.reshape(x, [batch, 1, 1, n * width]))
+        balanced = np.concatenate([np.ones(pad // 2), -np.ones(pad - pad // 2)]).astype(np.float32)
+        pad_weights = tf.tile(tf.constant(balanced, u.dtype)[tf.newaxis, :, tf.newaxis], [n, 1, j * c])
+        weights = tf.concat([-tf.reshape(xnor.sign(latent), [n, d, j * c]), pad_weights], axis=1)
+        kernel = tf.reshape(tf.transpose(weights, [1, 0, 2]), [1, 1, width, n * j * c])
+        counts = tf.nn.conv2d(x, kernel, strides=1, padding="VALID")  # (batch, 1, 1, N*J*K)
+        if pad % 2:  # the one unbalanced padding weight (-1) added -1 to every count
+            counts = counts + 1.0
+        scaled = counts * tf.reshape(alpha, [n * j * c])  # per output channel: LCE folds it in
+        return tf.transpose(tf.reshape(scaled, [batch, n, j, c]), [0, 2, 1, 3])
 
     def macs(self):
+        """Per example: binary products, and two float multiplications (K, alpha) per output."""
         n, d, j, k = self.num_in, self.input_dim, self.num_capsules, self.capsule_dim
-        return {1: n * d * j * k, 32: 2 * n * j * k}  # binary products, float rescaling
+        return {1: n * d * j * k, 32: 2 * n * j * k}
+
+    def scaling_factors(self):
+        """Number of float scaling factors (alpha) a deployed layer stores with its binary kernel."""
+        return int(np.prod(self.kernel.shape)) // self.input_dim

@@ -26,7 +26,7 @@ TensorShape([2, 10, 16])
 """
 import tensorflow as tf
 
-from kcaps import _optional, ops
+from kcaps import ops, xnor
 
 
 def _dot_with_outputs(u_hat, v):
@@ -42,15 +42,14 @@ def dot_agreement(u_hat, v):
 def xnor_agreement(u_hat, v):
     """XnIDR: the dot product of the signs, rescaled by the XNOR-Net factors K_ij and beta_j.
 
-    Signs use larq's `ste_sign` (sign(0) = +1, the convention of Larq Compute Engine's bit
-    packing; the authors' code maps 0 to -1, which differs only on a set of measure zero) with the
-    straight-through gradient that is 1 where |x| <= 1. The scaling factors carry no gradient, as
-    in the authors' code.
+    Signs are `kcaps.xnor.sign`, the authors' binarizer (sign(0) = -1, hard-tanh
+    straight-through gradient); the scaling factors carry no gradient, as in the authors' code.
+    Both operands are activations, so this product has no constant binary weights that Larq
+    Compute Engine could pack into a binary kernel: deployed, it runs as float ops.
     """
-    sign = _optional.larq().quantizers.ste_sign
-    k = tf.stop_gradient(tf.reduce_mean(tf.abs(u_hat), axis=-1))  # (batch, num_out, num_in)
-    beta = tf.stop_gradient(tf.reduce_mean(tf.abs(v), axis=-1))  # (batch, num_out)
-    return k * beta[..., tf.newaxis] * _dot_with_outputs(sign(u_hat), sign(v))
+    k = xnor.mean_abs(u_hat, axis=-1)  # (batch, num_out, num_in)
+    beta = xnor.mean_abs(v, axis=-1)  # (batch, num_out)
+    return k * beta[..., tf.newaxis] * _dot_with_outputs(xnor.sign(u_hat), xnor.sign(v))
 
 
 AGREEMENTS = {"dot": dot_agreement, "xnor": xnor_agreement}

@@ -35,6 +35,11 @@ def numpy_squash(s, axis=-1, eps=1e-7):
     return s * sq / (1 + sq) / np.sqrt(sq + eps)
 
 
+def numpy_sign(x):
+    """The XnODR/XnIDR authors' binarizer: +1 where x > 0, -1 where x <= 0."""
+    return np.where(x > 0, 1.0, -1.0)
+
+
 def numpy_routing(u_hat, iterations, agreement="dot", bias=None):
     """Dynamic routing of Sabour et al., written from the paper with explicit loops over j.
 
@@ -55,10 +60,9 @@ def numpy_routing(u_hat, iterations, agreement="dot", bias=None):
             for j in range(num_out):
                 if agreement == "dot":
                     b[:, :, j] += np.sum(u_hat[:, :, j, :] * v[:, None, j, :], axis=-1)
-                else:  # XnIDR: K_ij * beta_j * <sign(u_hat), sign(v)>, sign(0) = +1
-                    sign = lambda x: np.where(x >= 0, 1.0, -1.0)  # noqa: E731
+                else:  # XnIDR: K_ij * beta_j * <sign(u_hat), sign(v)>
                     k = np.mean(np.abs(u_hat[:, :, j, :]), axis=-1)
                     beta = np.mean(np.abs(v[:, j, :]), axis=-1)[:, None]
-                    dot = np.sum(sign(u_hat[:, :, j, :]) * sign(v[:, None, j, :]), axis=-1)
+                    dot = np.sum(numpy_sign(u_hat[:, :, j, :]) * numpy_sign(v[:, None, j, :]), axis=-1)
                     b[:, :, j] += k * beta * dot
     return v

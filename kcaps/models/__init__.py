@@ -1,10 +1,17 @@
-"""Capsule-network models: `capsnet` (Sabour et al.), `small_capsnet` (phones and MCUs)."""
+"""Capsule-network models: `capsnet` (Sabour et al.), `small_capsnet` (phones and MCUs),
+`backbone_capsnet` (MobileNetV2 / ResNet-50 / cnn with a dense, dynamic, XnODR or XnIDR head)."""
+import functools
+
+from kcaps.models.backbone_capsnet import BACKBONES, HEADS, backbone_capsnet
 from kcaps.models.capsnet import capsnet, small_capsnet
 from kcaps.models.capsule_model import CapsuleModel, classifier
 
-__all__ = ["MODELS", "CapsuleModel", "capsnet", "classifier", "get", "small_capsnet"]
+__all__ = ["MODELS", "CapsuleModel", "backbone_capsnet", "capsnet", "classifier", "get",
+           "small_capsnet"]
 
 MODELS = {"capsnet": capsnet, "small_capsnet": small_capsnet}
+# "mobilenetv2_xnodr", "resnet50_dense", ...: backbone_capsnet by name, for `kcaps train --model`
+MODELS.update({f"{b}_{h}": functools.partial(backbone_capsnet, b, h) for b in BACKBONES for h in HEADS})
 
 
 def get(name):

@@ -1,0 +1,71 @@
+"""XnODR and XnIDR heads against the dynamic-routing head on the same backbone (real digits).
+
+    python benchmarks/binary_heads.py [--backbone cnn] [--epochs 3]                # real digits
+    python benchmarks/binary_heads.py --multimnist [--epochs 3] [--train-samples 4000]
+
+Trains `backbone_capsnet(backbone, head)` for head in dynamic, xnodr, xnidr with one recipe
+(`training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, margin loss,
+2-pixel shifts on single digits; head BatchNorm momentum 0.9 for these short runs) on the
+real-digits split (first 8,000 MNIST test images train, last 2,000 evaluate), or on MultiMNIST
+built from it (one pair per digit; both-digits-correct accuracy). Prints accuracy, the gap to
+the dynamic head in percentage points (target: within 1.0 on real digits), seconds per epoch
+(Keras training cost of each head), and the size of the class-capsule kernel: 1 bit per weight
+for XnODR (32x smaller), float32 for the others.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import kcaps  # noqa: E402
+from benchmarks.common import print_table  # noqa: E402
+from training import datasets, head_report  # noqa: E402
+
+HEADS = ("dynamic", "xnodr", "xnidr")
+
+
+def kernel_bytes(backbone, head, input_shape):
+    kernel = kcaps.models.backbone_capsnet(backbone, head, input_shape, 10).get_layer(
+        "class_capsules").kernel
+    bits = getattr(kernel, "precision", 32)
+    return int(np.prod(kernel.shape)) * bits // 8, bits
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backbone", default="cnn")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--multimnist", action="store_true")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="first N training digits only")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    data = datasets.load_real_digits()
+    if args.train_samples:
+        data.x_train, data.y_train = data.x_train[:args.train_samples], data.y_train[:args.train_samples]
+    print(data.describe() + (" -> MultiMNIST, 1 pair per digit" if args.multimnist else ""))
+    rows = head_report.head_report([args.backbone], HEADS, data=data, multimnist=args.multimnist,
+                                   epochs=args.epochs, seed=args.seed, verbose=2, bn_momentum=0.9)
+    input_shape = (36, 36, 1) if args.multimnist else data.input_shape
+    baseline = next(row["accuracy"] for row in rows if row["head"] == "dynamic")
+    for row in rows:
+        row["gap_pp"] = 100 * (row["accuracy"] - baseline)
+        row["kernel_bytes"], row["kernel_bits"] = kernel_bytes(args.backbone, row["head"], input_shape)
+        tf.keras.backend.clear_session()
+    print()
+    print_table(rows, ["backbone", "head", "accuracy", "gap_pp", "seconds_per_epoch",
+                       "kernel_bits", "kernel_bytes", "binary_params", "binary_macs", "float_macs"])
+    if args.multimnist:
+        return 0
+    within = all(abs(row["gap_pp"]) <= 1.0 for row in rows)
+    print(f"\nxnodr and xnidr within 1.0 pp of dynamic: {within}")
+    return 0 if within else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""kcaps_tflite: deployment of kcaps models (TFLite / LiteRT, TFLite Micro, Larq Compute Engine)."""

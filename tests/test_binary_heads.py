@@ -1,0 +1,195 @@
+"""XnODR and XnIDR capsule layers against NumPy references of the authors' definitions."""
+import sys
+
+import larq
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_model_optimization as tfmot
+
+import kcaps
+from conftest import numpy_routing, numpy_sign
+
+
+def _relu_capsules(rng, batch, num_in, dim_in):
+    """Inputs like the authors' head gives them (after a ReLU): many exact zeros."""
+    return np.maximum(rng.normal(size=(batch, num_in, dim_in)), 0).astype(np.float32)
+
+
+def _layer(routing, num_in=12, dim_in=8, num_out=5, dim_out=6, iterations=3, **kwargs):
+    layer = kcaps.layers.CapsuleDense(num_out, dim_out, routing=routing,
+                                      routing_iterations=iterations, **kwargs)
+    layer.build((None, num_in, dim_in))
+    w = np.random.default_rng(7).uniform(-1, 1, size=layer.kernel.shape).astype(np.float32)
+    layer.kernel.assign(w)
+    return layer, w
+
+
+def numpy_xnodr_u_hat(u, w):
+    """u_hat[b, i, j, d] = K_i alpha_ijd sum_k sign(u_ik) sign(W_ikjd), as (batch, in, out, dim)."""
+    k = np.abs(u).mean(-1)  # (batch, in)
+    alpha = np.abs(w).mean(1)  # (in, out, dim)
+    products = np.einsum("bik,ikjd->bijd", numpy_sign(u), numpy_sign(w))
+    return k[:, :, None, None] * alpha[None] * products
+
+
+def test_sign_sends_zero_to_minus_one_with_a_hard_tanh_gradient():
+    x = tf.constant([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = kcaps.xnor.sign(x)
+    np.testing.assert_array_equal(y.numpy(), [-1, -1, -1, -1, 1, 1, 1])
+    np.testing.assert_array_equal(tape.gradient(y, x).numpy(), [0, 1, 1, 1, 1, 1, 0])
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_xnodr_matches_numpy(iterations):
+    layer, w = _layer("xnodr", iterations=iterations)
+    u = _relu_capsules(np.random.default_rng(0), 4, 12, 8)
+    assert (u == 0).mean() > 0.3  # zeros must binarize to -1, as in the authors' code
+    expected = numpy_routing(numpy_xnodr_u_hat(u, w), iterations)
+    np.testing.assert_allclose(layer(u).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("iterations", [2, 3])
+def test_xnidr_matches_numpy(iterations):
+    layer, w = _layer("xnidr", iterations=iterations)
+    u = _relu_capsules(np.random.default_rng(1), 4, 12, 8)
+    u_hat = np.einsum("bid,idjk->bijk", u, w)  # float projection
+    expected = numpy_routing(u_hat, iterations, agreement="xnor")
+    np.testing.assert_allclose(layer(u).numpy(), expected, rtol=1e-5, atol=1e-6)
+    dynamic = numpy_routing(u_hat, iterations)
+    assert np.abs(expected - dynamic).max() > 1e-4  # the binarized agreement does change routing
+
+
+@pytest.mark.parametrize("dim_in,sharing", [(8, None), (5, None), (40, None), (8, 3)])
+def test_binary_conv_form_is_bit_identical(dim_in, sharing):
+    """The grouped-conv form that LCE binarizes gives exactly the matmul form's projection."""
+    projection = kcaps.projections.XnorProjection(4, 6, weight_sharing=sharing)
+    u = _relu_capsules(np.random.default_rng(2), 3, 9, dim_in)
+    matmul = projection(u).numpy()
+    with kcaps.projections.binary_conv_scope():
+        conv = projection(u).numpy()
+    np.testing.assert_array_equal(conv, matmul)
+    w = projection.full_kernel(projection.kernel.latent_variable).numpy()
+    expected = numpy_xnodr_u_hat(u, w).transpose(0, 2, 1, 3)  # routing layout (batch, J, N, K)
+    np.testing.assert_allclose(matmul, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("routing", ["xnodr", "xnidr"])
+def test_gradients_reach_the_latent_weights(routing):
+    layer, _ = _layer(routing)
+    u = _relu_capsules(np.random.default_rng(3), 4, 12, 8)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(kcaps.ops.safe_norm(layer(u)))
+    grad = tape.gradient(loss, layer.trainable_weights)[0]
+    assert np.all(np.isfinite(grad.numpy())) and np.abs(grad.numpy()).max() > 0
+
+
+def test_xnodr_kernel_is_binary_and_clipped():
+    layer, _ = _layer("xnodr")
+    assert isinstance(layer.kernel, larq.quantized_variable.QuantizedVariable)
+    assert layer.kernel.precision == 1
+    assert layer.projection.kernel_constraint(tf.constant([-3.0, 0.5, 2.0])).numpy().tolist() == [
+        -1.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("routing", ["xnodr", "xnidr"])
+def test_config_round_trips(routing):
+    layer = kcaps.layers.CapsuleDense(10, 16, routing=routing, routing_iterations=2)
+    clone = kcaps.layers.CapsuleDense.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert clone.routing == routing
+
+
+@pytest.mark.parametrize("save_format", ["keras", "tf"])
+def test_binarized_model_saves_and_loads(tmp_path, save_format):
+    model = kcaps.models.backbone_capsnet("cnn", "xnodr", input_shape=(12, 12, 1), num_classes=4)
+    model.compile(tf.keras.optimizers.Adam(1e-3))
+    x = np.random.default_rng(0).uniform(size=(8, 12, 12, 1)).astype(np.float32)
+    model.fit(x, np.arange(8) % 4, epochs=1, verbose=0)
+    path = str(tmp_path / ("m.keras" if save_format == "keras" else "saved"))
+    model.save(path, save_format=save_format)
+    loaded = tf.keras.models.load_model(path)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.get_layer("class_capsules").kernel.precision == 1
+
+
+@pytest.mark.parametrize("routing", ["xnodr", "xnidr"])
+def test_prunable_with_tfmot(routing):
+    schedule = tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=1)
+    x_in = tf.keras.Input((12, 8))
+    caps = tfmot.sparsity.keras.prune_low_magnitude(
+        kcaps.layers.CapsuleDense(5, 6, routing=routing, name="caps"), pruning_schedule=schedule)
+    pruned = tf.keras.Model(x_in, kcaps.layers.CapsuleLength()(caps(x_in)))
+    pruned.compile("adam", loss=kcaps.losses.MarginLoss())
+    u = _relu_capsules(np.random.default_rng(4), 16, 12, 8)
+    pruned.fit(u, np.arange(16) % 5, epochs=2, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    kernel = stripped.get_layer("caps").kernel
+    latent = kernel.latent_variable if routing == "xnodr" else kernel
+    assert abs(float(np.mean(latent.numpy() == 0)) - 0.5) < 0.01
+
+
+def _summary_text(model):
+    lines = []
+    larq.models.summary(model, print_fn=lines.append)
+    return "\n".join(lines)
+
+
+def test_larq_summary_counts_binary_parameters_and_macs():
+    """Hand count: 12 capsules x 8-D -> 5 x 6-D, 3 iterations (N J K = 12 x 5 x 6 = 360)."""
+    x_in = tf.keras.Input((12, 8))
+    layer = kcaps.layers.CapsuleDense(5, 6, routing="xnodr", name="caps")
+    model = tf.keras.Model(x_in, layer(x_in))
+    assert layer.macs() == {1: 12 * 8 * 5 * 6,                 # binary u_hat products
+                            32: 2 * 360 + 3 * 360 + 2 * 360}   # K, alpha; 3 sums; 2 agreements
+    profile = larq.models.ModelProfile(model)
+    assert profile.weight_count(bitwidth=1) == 2880 and profile.weight_count(bitwidth=32) == 0
+    assert profile.op_count("mac", 1) == 2880 and profile.op_count("mac", 32) == 2520
+    text = _summary_text(model)
+    assert "1-bit MACs" in text and "32-bit MACs" in text
+    row = next(line for line in text.splitlines() if line.strip("| ").startswith("caps"))
+    assert "2880" in row and "2520" in row and "0.35" in row  # 2880 bits = 0.35 kB
+
+
+def test_xnidr_and_primary_capsules_macs_and_profile():
+    image = tf.keras.Input((9, 9, 2))
+    primary = kcaps.layers.PrimaryCapsules(3, 4, kernel_size=3, strides=2, name="primary")(image)
+    caps = kcaps.layers.CapsuleDense(5, 6, routing="xnidr", routing_iterations=3, name="caps")
+    model = tf.keras.Model(image, caps(primary))
+    n = 4 * 4 * 3  # 48 input capsules of 4-D
+    conv_macs = 3 * 3 * 2 * 12 * 16  # kernel x 16 positions
+    assert model.get_layer("primary").macs() == {32: conv_macs}
+    njk = n * 5 * 6
+    assert caps.macs() == {32: n * 4 * 30 + 3 * njk + 2 * (njk + 2 * n * 5), 1: 2 * njk}
+    figures = kcaps.profiling.profile(model)
+    assert figures["binary_params"] == 0 and figures["binary_macs"] == 2 * njk
+    assert figures["float_macs"] == conv_macs + caps.macs()[32]
+    assert figures["float_params"] == figures["params"] == 3 * 3 * 2 * 12 + 12 + n * 4 * 30
+
+
+def test_profile_counts_larq_layers_and_xnodr_scaling_factors():
+    image = tf.keras.Input((6, 6, 1))
+    h = tf.keras.layers.Conv2D(16, 3, name="conv")(image)  # larq's own count: 144 x 16 positions
+    h = tf.keras.layers.Reshape((32, 8))(h)
+    model = tf.keras.Model(image, kcaps.layers.CapsuleDense(2, 4, routing="xnodr")(h))
+    figures = kcaps.profiling.profile(model)
+    assert figures["binary_params"] == 32 * 8 * 2 * 4
+    assert figures["float_params"] == 9 * 16 + 16
+    njk = 32 * 2 * 4
+    assert figures["binary_macs"] == njk * 8
+    assert figures["float_macs"] == 9 * 16 * 16 + 2 * njk + 3 * njk + 2 * njk
+    # binary kernel in bits, conv kernel and bias in float32, alpha one float per (i, j, d)
+    assert figures["deployment_bytes"] == (njk * 8 + 32 * (160 + njk)) // 8
+
+
+@pytest.mark.parametrize("routing", ["xnodr", "xnidr"])
+def test_binarized_layers_without_larq_say_what_to_install(monkeypatch, routing):
+    monkeypatch.setitem(sys.modules, "larq", None)  # `import larq` now raises ImportError
+    with pytest.raises(ImportError, match="pip install larq"):
+        kcaps.layers.CapsuleDense(10, 16, routing=routing)
+    with pytest.raises(ImportError, match="pip install larq"):
+        kcaps.models.backbone_capsnet("cnn", routing, input_shape=(28, 28, 1))
+    kcaps.layers.CapsuleDense(10, 16, routing="dynamic")  # float layers still work

@@ -1,0 +1,172 @@
+"""`kcaps heads`: the XnODR / XnIDR paper's table for backbone + head combinations.
+
+    kcaps heads --backbones mobilenetv2,resnet50 --input-shape 224,224,3
+    kcaps heads --backbones cnn --heads dynamic,xnodr,xnidr --dataset real_digits --epochs 3
+    kcaps heads --backbones cnn --dataset real_digits --multimnist --epochs 3
+
+For each (backbone, head) of `kcaps.models.backbone_capsnet` it prints trainable, binary and
+float parameters, binary and float MACs per image (larq's profiler, kcaps layers counting their
+own, see `kcaps.profiling`), the model size in bytes at deployment precision (1 bit per binary
+weight, float32 otherwise, plus XnODR's float scaling factors), and, when a dataset is given,
+the test accuracy after training every model with the same recipe (Adam, learning rate x0.9
+per epoch, margin loss, shift augmentation on single digits). With `--multimnist` the models
+train and test on MultiMNIST built from the dataset (`training.multimnist`), and the accuracy is
+both-digits-correct.
+"""
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import kcaps
+from training import datasets
+from training import multimnist as multimnist_lib
+
+COLUMNS = ("backbone", "head", "trainable_params", "binary_params", "float_params",
+           "binary_macs", "float_macs", "deployment_bytes", "accuracy", "seconds_per_epoch")
+
+
+def train_and_evaluate(model, data, epochs, multimnist=False, batch_size=64, learning_rate=1e-3,
+                       lr_decay=0.9, max_shift=2, seed=0, verbose=0):
+    """Train a compiled-here model with kcaps' recipe on `data`; return accuracy and timing.
+
+    `data` is a `training.datasets.Dataset`, or with `multimnist=True` a pair of MultiMNIST
+    `tf.data` datasets `(train, test)` (no shift augmentation: the digits are already shifted).
+    Accuracy is top-1 of the class scores, or both-digits-correct on MultiMNIST.
+    """
+    if multimnist:
+        train_examples, test_examples = data
+        metric = kcaps.metrics.MultiDigitAccuracy(name="accuracy")
+        size = int(train_examples.cardinality())
+        train = train_examples.shuffle(size, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        test = test_examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    else:
+        metric = kcaps.metrics.CapsuleAccuracy(name="accuracy")
+        train = datasets.pipeline(data.x_train, data.y_train, batch_size, shuffle=True,
+                                  max_shift=max_shift, seed=seed)
+        test = datasets.pipeline(data.x_test, data.y_test, batch_size)
+    model.compile(tf.keras.optimizers.Adam(learning_rate), metrics={"lengths": [metric]})
+    history = model.fit(
+        train, epochs=epochs, verbose=verbose,
+        callbacks=[kcaps.callbacks.EpochTimer(),
+                   tf.keras.callbacks.LearningRateScheduler(
+                       lambda epoch: learning_rate * lr_decay ** epoch)]).history
+    start = time.perf_counter()
+    accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
+    return {"accuracy": float(accuracy),
+            "seconds_per_epoch": float(np.mean(history["epoch_seconds"])),
+            "evaluate_seconds": time.perf_counter() - start}
+
+
+def head_report(backbones=kcaps.models.BACKBONES, heads=kcaps.models.HEADS, input_shape=None,
+                num_classes=None, data=None, multimnist=False, epochs=3, train_pairs_per_image=1,
+                seed=0, verbose=0, **model_kwargs):
+    """One row (a dict of `COLUMNS`) per (backbone, head).
+
+    Without `data`, models are only built (for `input_shape` and `num_classes`) and profiled.
+    With a `training.datasets.Dataset`, each is trained for `epochs` and evaluated, on the
+    dataset itself or, with `multimnist`, on MultiMNIST built from it. `model_kwargs` go to
+    `backbone_capsnet` (e.g. `upsample`, `bn_momentum`, `routing_iterations`).
+    """
+    for name, values, valid in (("backbone", backbones, kcaps.models.BACKBONES),
+                                ("head", heads, kcaps.models.HEADS)):
+        unknown = [v for v in values if v not in valid]
+        if unknown or not values:
+            raise ValueError(f"unknown {name} {unknown or values!r}; valid {name}s: {', '.join(valid)}")
+    examples = None
+    if data is not None:
+        if multimnist:
+            examples = multimnist_lib.from_dataset(data, train_pairs_per_image, seed=seed)
+            input_shape = tuple(examples[0].element_spec[0].shape)
+        else:
+            examples, input_shape = data, data.input_shape
+        num_classes = data.num_classes
+    input_shape = tuple(input_shape or (224, 224, 3))
+    rows = []
+    for backbone in backbones:
+        for head in heads:
+            tf.keras.utils.set_random_seed(seed)
+            model = kcaps.models.backbone_capsnet(backbone, head, input_shape, num_classes or 10,
+                                                  **model_kwargs)
+            row = {"backbone": backbone, "head": head, **kcaps.profiling.profile(model)}
+            if examples is not None:
+                row.update(train_and_evaluate(model, examples, epochs, multimnist=multimnist,
+                                              seed=seed, verbose=verbose))
+            rows.append(row)
+            tf.keras.backend.clear_session()
+    return rows
+
+
+def format_table(rows):
+    """The rows as a markdown table (counts with thousands separators)."""
+    columns = [c for c in COLUMNS if any(row.get(c) is not None for row in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if isinstance(value, float):
+                cells.append(f"{value:.4f}" if column == "accuracy" else f"{value:.1f}")
+            elif isinstance(value, int):
+                cells.append(f"{value:,}")
+            else:
+                cells.append("" if value is None else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _names(text):
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _shape(text):
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be height,width,channels, got {text!r}") from None
+
+
+def cmd_heads(args):
+    data = None
+    if args.dataset is not None:
+        data = datasets.load(args.dataset, args.data_dir)
+        if args.train_samples:
+            data.x_train, data.y_train = data.x_train[:args.train_samples], data.y_train[:args.train_samples]
+        print(data.describe() + (" -> MultiMNIST" if args.multimnist else ""))
+    elif args.multimnist:
+        raise ValueError("--multimnist needs --dataset (the MNIST-format source of the digits)")
+    rows = head_report(
+        _names(args.backbones), _names(args.heads), _shape(args.input_shape), args.classes, data,
+        multimnist=args.multimnist, epochs=args.epochs, seed=args.seed, verbose=args.verbose,
+        upsample=args.upsample, bn_momentum=args.bn_momentum,
+        routing_iterations=args.routing_iterations)
+    print(format_table(rows))
+    return 0
+
+
+def register(commands):
+    parser = commands.add_parser(
+        "heads", help="parameters, MACs, size (and accuracy) of backbone + capsule-head models",
+        description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default=",".join(kcaps.models.BACKBONES),
+                        help="comma-separated: mobilenetv2, resnet50, cnn (default: all)")
+    parser.add_argument("--heads", default=",".join(kcaps.models.HEADS),
+                        help="comma-separated: dense, dynamic, xnodr, xnidr (default: all)")
+    parser.add_argument("--input-shape", default="224,224,3",
+                        help="height,width,channels without a dataset (default: %(default)s)")
+    parser.add_argument("--classes", type=int, default=10, help="classes without a dataset")
+    parser.add_argument("--dataset", default=None,
+                        help="train and evaluate on this dataset (see `kcaps train --help`)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--multimnist", action="store_true",
+                        help="train and evaluate on MultiMNIST built from --dataset")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="use only the first N training images (quick runs)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--upsample", type=int, default=1)
+    parser.add_argument("--bn-momentum", type=float, default=0.99,
+                        help="momentum of the head's BatchNorm (0.9 for short runs)")
+    parser.add_argument("--routing-iterations", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=0)
+    parser.set_defaults(run=cmd_heads)
