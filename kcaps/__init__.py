@@ -12,6 +12,8 @@ from kcaps._keras2 import ensure_keras2
 ensure_keras2()
 
 from kcaps import callbacks, initializers, layers, losses, metrics, models, ops, projections, routing  # noqa: E402
+from kcaps import activity, pruning  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["callbacks", "initializers", "layers", "losses", "metrics", "models", "ops", "projections", "routing"]
+__all__ += ["activity", "pruning"]
