@@ -29,7 +29,7 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
                  intermediate_capsules=32, intermediate_dims=12, capsule_dim=16,
                  conv_filters=512, conv_kernel=9, primary_types=64, primary_dim=8,
                  primary_kernel=9, primary_strides=2, routing_iterations=3, decoder=False,
-                 ccm_weight=0.0, **capsule_kwargs):
+                 ccm_weight=0.0, conv_initializer="he_normal", **capsule_kwargs):
     """Conv (ReLU) -> primary capsules -> `num_intermediate` capsule layers -> class capsules.
 
     Args:
@@ -42,6 +42,10 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
       primary_types, primary_dim, primary_kernel, primary_strides: the primary capsules.
       ccm_weight: if > 0, a `ChannelCorrelationLoss` (Sahu and Altahhan's CCM loss, named
         `ccm`) after the convolution with this weight.
+      conv_initializer: kernel initializer of the convolution and of the primary-capsule
+        convolution; "he_normal" as in Peer et al.'s code. (With Keras's glorot_uniform and a
+        narrow convolution the primary capsules start ~0.01 long, and through the squash every
+        routed layer above starts at ~0: the whole stack is silent and does not train.)
       capsule_kwargs: passed to every `CapsuleDense` (e.g. `use_bias=True`, `routing=`,
         `kernel_initializer=`).
 
@@ -61,11 +65,12 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
         raise ValueError(f"{owner}: `ccm_weight` must be >= 0, got {ccm_weight!r}")
     image = image_input(owner, input_shape, min_size=conv_kernel + primary_kernel - 1)
     h = tf.keras.layers.Conv2D(_checks.positive_int(owner, "conv_filters", conv_filters),
-                               conv_kernel, activation="relu", name="conv1")(image)
+                               conv_kernel, activation="relu", kernel_initializer=conv_initializer,
+                               name="conv1")(image)
     if ccm_weight:
         h = ChannelCorrelationLoss(ccm_weight, name="ccm")(h)
     capsules = PrimaryCapsules(primary_types, primary_dim, primary_kernel, strides=primary_strides,
-                               name="primary_capsules")(h)
+                               kernel_initializer=conv_initializer, name="primary_capsules")(h)
     for k, (count, dim) in enumerate(zip(counts, dims), 1):
         capsules = CapsuleDense(count, dim, routing_iterations=routing_iterations,
                                 name=f"capsules_{k}", **capsule_kwargs)(capsules)

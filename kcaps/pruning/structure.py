@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcaps.layers import CapsuleDense, PrimaryCapsules
+from kcaps.pruning.ccm import ChannelCorrelationLoss
 
 _layers = tf.keras.layers
 
@@ -40,9 +41,6 @@ SPATIAL = (_layers.MaxPooling2D, _layers.AveragePooling2D, _layers.ZeroPadding2D
 
 
 def _is_channel_wise(layer):
-    # Imported here: ccm imports this module's users, not the other way round.
-    from kcaps.pruning.ccm import ChannelCorrelationLoss
-
     return isinstance(layer, ELEMENTWISE + SPATIAL + (_layers.DepthwiseConv2D,
                                                       ChannelCorrelationLoss))
 
