@@ -32,6 +32,10 @@ def _deep_capsnet(**kwargs):
     # Larger capsule matrices than the default, so that routed capsules do not vanish at
     # initialization and the comparisons below compare non-trivial outputs.
     kwargs.setdefault("kernel_initializer", kcaps.initializers.CapsuleFanIn(scale=100.0))
+    # With these matrices, he_normal convolutions make the routing logits so large that float32
+    # summation order (masked zero channels vs removed ones) shows at 1e-4 after three routed
+    # layers; glorot keeps the "same function" comparisons at float32 rounding.
+    kwargs.setdefault("conv_initializer", "glorot_uniform")
     return kcaps.models.deep_capsnet(num_intermediate=2, intermediate_capsules=6,
                                      intermediate_dims=4, conv_filters=16, conv_kernel=5,
                                      primary_types=4, primary_kernel=5, primary_strides=3, **kwargs)
