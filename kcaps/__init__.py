@@ -13,7 +13,8 @@ ensure_keras2()
 
 from kcaps import callbacks, initializers, layers, losses, metrics, models, ops, projections, routing  # noqa: E402
 from kcaps import adaptive_batch, policies, schedules, small_decoder  # noqa: E402  (FasTrCaps)
-from kcaps import profiling, xnor  # noqa: E402
+from kcaps import profiling, xnor  # noqa: E402  (binarized heads)
+from kcaps import activity, pruning  # noqa: E402
 
 profiling.register_with_larq_if_installed()  # larq.models.summary counts capsule layers' MACs
 
@@ -21,3 +22,4 @@ __version__ = "0.1.0"
 __all__ = ["callbacks", "initializers", "layers", "losses", "metrics", "models", "ops", "profiling",
            "projections", "routing", "xnor"]
 __all__ += ["adaptive_batch", "policies", "schedules", "small_decoder"]
+__all__ += ["activity", "pruning"]

@@ -275,7 +275,7 @@ class Squash(tf.keras.layers.Layer):
 
 
 @_register
-class CapsuleLength(tf.keras.layers.Layer):
+class CapsuleLength(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """Capsule lengths `|v_j|` (safe norm), used as class scores.
 
     Input shape: `(batch, num_capsules, capsule_dim)`. Output shape: `(batch, num_capsules)`.
@@ -287,9 +287,12 @@ class CapsuleLength(tf.keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape[:-1])
 
+    def get_prunable_weights(self):
+        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
+
 
 @_register
-class CapsuleMask(tf.keras.layers.Layer):
+class CapsuleMask(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """Keep one capsule per example and zero the others, then flatten (input of the decoder).
 
     Called on `capsules` or on `[capsules, labels]`. While training and given labels, the capsule
@@ -322,9 +325,12 @@ class CapsuleMask(tf.keras.layers.Layer):
             input_shape[0], (int, type(None))) else input_shape
         return tf.TensorShape([shape[0], shape[1] * shape[2]])
 
+    def get_prunable_weights(self):
+        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
+
 
 @_register
-class CapsuleDecoder(tf.keras.layers.Layer):
+class CapsuleDecoder(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """The reconstruction decoder of Sabour et al. (2017): ReLU 512 -> ReLU 1024 -> sigmoid pixels.
 
     Input shape: `(batch, features)` (a masked, flattened capsule layer).
@@ -358,6 +364,9 @@ class CapsuleDecoder(tf.keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([input_shape[0], *self.target_shape])
+
+    def get_prunable_weights(self):
+        return [layer.kernel for layer in self.hidden + [self.pixels]]
 
     def get_config(self):
         config = super().get_config()

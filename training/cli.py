@@ -84,7 +84,7 @@ def cmd_quickstart(args):
 
 # Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
 # Features add their command in their own module and one line here.
-COMMAND_MODULES = ("training.sweep", "training.head_report")
+COMMAND_MODULES = ("training.sweep", "training.head_report", "training.prune_command")
 
 
 def build_parser():

@@ -5,11 +5,14 @@ import functools
 from kcaps.models.backbone_capsnet import BACKBONES, HEADS, backbone_capsnet
 from kcaps.models.capsnet import capsnet, small_capsnet
 from kcaps.models.capsule_model import CapsuleModel, classifier
+from kcaps.models.cnn_capsnet import cnn_capsnet
+from kcaps.models.deep_capsnet import deep_capsnet
 
 __all__ = ["MODELS", "CapsuleModel", "backbone_capsnet", "capsnet", "classifier", "get",
-           "small_capsnet"]
+           "small_capsnet", "cnn_capsnet", "deep_capsnet"]
 
 MODELS = {"capsnet": capsnet, "small_capsnet": small_capsnet}
+MODELS.update(cnn_capsnet=cnn_capsnet, deep_capsnet=deep_capsnet)
 # "mobilenetv2_xnodr", "resnet50_dense", ...: backbone_capsnet by name, for `kcaps train --model`
 MODELS.update({f"{b}_{h}": functools.partial(backbone_capsnet, b, h) for b in BACKBONES for h in HEADS})
 

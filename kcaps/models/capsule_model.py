@@ -8,7 +8,9 @@ mask picks the longest capsule) themselves. `compile()` defaults to the margin l
 0.0005-scaled reconstruction loss, and accuracy on the capsule lengths.
 
 It stays a functional model, so `tfmot` pruning, cloning, `model.save` (`.keras` and SavedModel)
-and TFLite conversion see an ordinary graph of layers.
+and TFLite conversion see an ordinary graph of layers. Outputs are found by the name of the layer
+that makes them, looking through wrappers, so a model whose layers tfmot wrapped
+(`prune_low_magnitude_lengths`) still trains on plain labels.
 """
 import tensorflow as tf
 
@@ -34,7 +36,18 @@ class CapsuleModel(tf.keras.Model):
 
     @property
     def num_classes(self):
-        return self.get_layer(LENGTHS).output_shape[-1]
+        return self.outputs[self.output_names.index(self.output_key(LENGTHS))].shape[-1]
+
+    def output_key(self, role):
+        """The output name of `role` (`lengths` or `reconstruction`), or None if absent.
+
+        Looks through layer wrappers: tfmot's pruning wrapper renames `lengths` to
+        `prune_low_magnitude_lengths`.
+        """
+        for name, layer in zip(self.output_names, self._output_layers):
+            if unwrap(layer).name == role:
+                return name
+        return None
 
     def _graph_inputs(self, x, y):
         """Plain images -> the graph's inputs (adds one-hot labels, or zeros, for the decoder)."""
@@ -48,9 +61,10 @@ class CapsuleModel(tf.keras.Model):
         return [x, labels]
 
     def _targets(self, x, y):
-        if y is None or RECONSTRUCTION not in self.output_names or isinstance(y, (list, tuple, dict)):
+        reconstruction = self.output_key(RECONSTRUCTION)
+        if y is None or reconstruction is None or isinstance(y, (list, tuple, dict)):
             return y
-        return {LENGTHS: y, RECONSTRUCTION: x}
+        return {self.output_key(LENGTHS): y, reconstruction: x}
 
     def _adapt(self, data):
         x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
@@ -73,12 +87,13 @@ class CapsuleModel(tf.keras.Model):
         Defaults: `MarginLoss()` on `lengths`, `ReconstructionLoss()` (0.0005 x sum of squared
         errors) on `reconstruction` if present, and accuracy on `lengths`.
         """
+        lengths, reconstruction = self.output_key(LENGTHS), self.output_key(RECONSTRUCTION)
         if loss is None:
-            loss = {LENGTHS: losses.MarginLoss()}
-            if RECONSTRUCTION in self.output_names:
-                loss[RECONSTRUCTION] = losses.ReconstructionLoss()
+            loss = {lengths: losses.MarginLoss()}
+            if reconstruction is not None:
+                loss[reconstruction] = losses.ReconstructionLoss()
         if metrics is None:
-            metrics = {LENGTHS: [metrics_lib.CapsuleAccuracy()]}
+            metrics = {lengths: [metrics_lib.CapsuleAccuracy()]}
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -86,6 +101,13 @@ class CapsuleModel(tf.keras.Model):
         self.compile(**tf.keras.saving.deserialize_keras_object(config))
         if isinstance(self.optimizer, tf.keras.optimizers.Optimizer) and self.built:
             self.optimizer.build(self.trainable_variables)  # so saved optimizer state can load
+
+
+def unwrap(layer):
+    """The layer inside any `tf.keras.layers.Wrapper`s (e.g. tfmot's pruning wrapper)."""
+    while isinstance(layer, tf.keras.layers.Wrapper):
+        layer = layer.layer
+    return layer
 
 
 def classifier(model):
@@ -96,7 +118,10 @@ def classifier(model):
     image = [t for t, name in zip(model.inputs, model.input_names) if name != LABEL_INPUT]
     if len(image) != 1:
         raise ValueError(f"classifier: expected one image input, got inputs {model.input_names}")
-    if model.output_names == [LENGTHS] and len(model.inputs) == 1:
+    roles = [unwrap(layer).name for layer in model._output_layers]
+    if roles == [LENGTHS] and len(model.inputs) == 1:
         return model
-    lengths = model.get_layer(LENGTHS).output
+    if LENGTHS not in roles:
+        raise ValueError(f"classifier: the model has no `{LENGTHS}` output, outputs {model.output_names}")
+    lengths = model.outputs[roles.index(LENGTHS)]
     return tf.keras.Model(image[0], lengths, name=f"{model.name}_classifier")

@@ -1,0 +1,364 @@
+"""Which units of a Keras model can be removed, and which weights each removal touches.
+
+A *unit* is what structured pruning removes as a whole: an output channel (filter) of a `Conv2D`,
+a capsule type of `PrimaryCapsules` (its `capsule_dim` consecutive filters, i.e. that type's
+capsule at every position), or an output capsule of a `CapsuleDense` that is not the class-capsule
+layer. Removing units shrinks the tensor that the layer makes; `propagate` follows that smaller
+tensor through the graph to the layers that read it:
+
+- channel-wise layers pass the selection through unchanged (batch norm - its per-channel
+  weights are sliced -, activations, dropout, pooling, padding, global pooling, depthwise
+  convolution, `ChannelCorrelationLoss`); `Flatten` maps it to the flattened features;
+- readers drop the matching input slice of their weights: the next `Conv2D` (kernel `cin` rows),
+  the `PrimaryCapsules` convolution, a `Dense` after pooling or `Flatten`, and a `CapsuleDense`,
+  whose transformation matrices W of the removed input capsules go (N_in shrinks).
+
+Anything else that would receive a smaller tensor (`Add`, `Concatenate`, a model output, a
+shared layer, ...) makes the plan fail with a ValueError naming the layers, before any weight is
+touched.
+
+>>> import kcaps
+>>> model = kcaps.models.cnn_capsnet(conv_filters=(8, 16), kernel_sizes=(5, 3), strides=(2, 2))
+>>> sorted(prunable_units(model).items())
+[('conv1', 8), ('conv2', 16), ('primary_capsules', 2)]
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from kcaps.layers import CapsuleDense, PrimaryCapsules
+from kcaps.pruning.ccm import ChannelCorrelationLoss
+
+_layers = tf.keras.layers
+
+# Layers through which a channel selection passes unchanged (per-channel or elementwise work).
+ELEMENTWISE = (_layers.BatchNormalization, _layers.Activation, _layers.ReLU, _layers.LeakyReLU,
+               _layers.ELU, _layers.Dropout, _layers.SpatialDropout2D, _layers.GaussianNoise)
+SPATIAL = (_layers.MaxPooling2D, _layers.AveragePooling2D, _layers.ZeroPadding2D,
+           _layers.Cropping2D, _layers.UpSampling2D, _layers.GlobalAveragePooling2D,
+           _layers.GlobalMaxPooling2D)
+
+
+def _is_channel_wise(layer):
+    return isinstance(layer, ELEMENTWISE + SPATIAL + (_layers.DepthwiseConv2D,
+                                                      ChannelCorrelationLoss))
+
+
+def _is_prunable_conv(layer):
+    return (type(layer) is _layers.Conv2D and layer.groups == 1
+            and layer.data_format == "channels_last")
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The kept part of one axis of a tensor after units were removed upstream.
+
+    `axis` is -1 for channels and features, 1 for capsules. For capsule tensors made by
+    `PrimaryCapsules`, `types = (positions, capsule_types, kept_types)`; capsule `i` is
+    `position * capsule_types + type`, as `PrimaryCapsules` orders them.
+    """
+
+    origin: str  # the pruned layer this selection comes from (for error messages)
+    axis: int
+    keep: np.ndarray
+    size: int
+    types: tuple = None
+
+
+def unit_count(layer):
+    """How many units `layer` has (filters, capsule types or capsules)."""
+    if isinstance(layer, PrimaryCapsules):
+        return layer.capsule_types
+    if isinstance(layer, CapsuleDense):
+        return layer.num_capsules
+    return layer.filters
+
+
+def unit_name(layer):
+    """The word for a unit of `layer`, for messages."""
+    if isinstance(layer, PrimaryCapsules):
+        return "capsule types"
+    if isinstance(layer, CapsuleDense):
+        return "capsules"
+    return "channels"
+
+
+class Graph:
+    """The layer graph of a functional or Sequential model, read from its config."""
+
+    def __init__(self, model):
+        if not isinstance(model, tf.keras.Model):
+            raise ValueError(f"expected a tf.keras.Model, got {type(model).__name__}")
+        if not (model._is_graph_network or isinstance(model, tf.keras.Sequential)):
+            raise ValueError(
+                f"model '{model.name}' is a subclassed model; channel pruning needs a functional "
+                "or Sequential model (its graph of layers)")
+        self.model = model
+        self.layers = {layer.name: layer for layer in model.layers}
+        wrapped = [name for name, layer in self.layers.items()
+                   if isinstance(layer, tf.keras.layers.Wrapper)]
+        if wrapped:
+            raise ValueError(
+                f"model '{model.name}' has wrapped layers {wrapped}; call "
+                "tfmot.sparsity.keras.strip_pruning(model) before channel pruning")
+        config = model.get_config()
+        self.order, self.inbound, self.shared = [], {}, set()
+        previous = None
+        for entry in config["layers"]:
+            name = entry["config"]["name"]
+            if isinstance(model, tf.keras.Sequential):
+                self.inbound[name] = [] if previous is None else [previous]
+                previous = name
+            else:
+                nodes = entry.get("inbound_nodes") or []
+                if len(nodes) > 1:
+                    self.shared.add(name)
+                self.inbound[name] = _inbound_names(nodes[0]) if nodes else []
+            self.order.append(name)
+        self.outputs = ({self.order[-1]} if isinstance(model, tf.keras.Sequential)
+                        else {item[0] for item in config["output_layers"]})
+        self.consumers = {name: [] for name in self.order}
+        for name, sources in self.inbound.items():
+            for source in sources:
+                self.consumers[source].append(name)
+
+    def layer(self, name):
+        return self.layers.get(name)
+
+
+def _inbound_names(node):
+    """Layer names in one inbound node of a functional config: `[[name, node, tensor, kw], ...]`."""
+    names = []
+
+    def visit(item):
+        if isinstance(item, (list, tuple)):
+            if len(item) >= 3 and isinstance(item[0], str) and isinstance(item[1], int):
+                names.append(item[0])
+            else:
+                for child in item:
+                    visit(child)
+
+    visit(node)
+    return names
+
+
+def prunable_units(model):
+    """`{layer name: unit count}` for every layer whose units `propagate` can remove.
+
+    A layer counts as prunable if removing one of its units leads only to layers the surgery can
+    resize; class capsules (read by the lengths and the decoder) and layers feeding an `Add` are
+    not.
+    """
+    graph = Graph(model)
+    result = {}
+    for name in graph.order:
+        layer = graph.layer(name)
+        if _is_candidate(layer):
+            try:
+                propagate(graph, {name: np.arange(unit_count(layer))[1:]})
+            except ValueError:
+                continue
+            result[name] = unit_count(layer)
+    return result
+
+
+def _is_candidate(layer):
+    return layer is not None and (_is_prunable_conv(layer) or isinstance(layer, PrimaryCapsules)
+                                  or isinstance(layer, CapsuleDense))
+
+
+def check_prunable(graph, name):
+    """Raise a ValueError naming `name` unless it is a layer whose units can be removed."""
+    layer = graph.layer(name)
+    if layer is None:
+        raise ValueError(
+            f"model '{graph.model.name}' has no layer named '{name}'; layers: {graph.order}")
+    if not _is_candidate(layer):
+        kind = type(layer).__name__
+        why = (" (grouped or channels_first convolutions are not supported)"
+               if isinstance(layer, _layers.Conv2D) else "")
+        raise ValueError(
+            f"layer '{name}' ({kind}) is not prunable{why}: channel pruning removes filters of "
+            "Conv2D, capsule types of PrimaryCapsules and output capsules of intermediate "
+            "CapsuleDense layers")
+    return layer
+
+
+def own_selection(graph, name, keep):
+    """The selection that removing units `keep`'s complement of layer `name` puts on its output."""
+    layer = graph.layer(name)
+    count = unit_count(layer)
+    keep = np.asarray(sorted(set(int(k) for k in keep)), dtype=np.int64)
+    if keep.size == 0:
+        raise ValueError(
+            f"layer '{name}': pruning would leave 0 of {count} {unit_name(layer)}")
+    if keep.min() < 0 or keep.max() >= count:
+        raise ValueError(
+            f"layer '{name}': kept {unit_name(layer)} {keep.tolist()} out of range 0..{count - 1}")
+    if isinstance(layer, PrimaryCapsules):
+        positions = _primary_positions(layer)
+        indices = (np.arange(positions)[:, None] * count + keep[None, :]).reshape(-1)
+        return Selection(name, 1, indices, positions * count, (positions, count, keep))
+    if isinstance(layer, CapsuleDense):
+        return Selection(name, 1, keep, count, (1, count, keep))
+    return Selection(name, -1, keep, count)
+
+
+def _primary_positions(layer):
+    shape = layer.output_shape
+    return shape[1] // layer.capsule_types
+
+
+def propagate(graph, keep):
+    """Follow the selections made by `keep` (`{layer: kept unit indices}`) through the graph.
+
+    Returns `{layer name: (input selection or None, output selection or None)}`. Raises a
+    ValueError naming the layers if a smaller tensor would reach a layer that cannot be resized.
+    """
+    for name in keep:
+        check_prunable(graph, name)
+    plan = {}
+    for name in graph.order:
+        layer = graph.layer(name)
+        sources = graph.inbound[name]
+        selections = [plan[s][1] for s in sources if s in plan and plan[s][1] is not None]
+        in_sel = None
+        if selections:
+            in_sel = selections[0]
+            if len(sources) > 1:
+                raise _unsupported(in_sel, layer, "it has several inputs")
+            if name in graph.shared:
+                raise _unsupported(in_sel, layer, "it is called more than once in the model")
+        out_sel = _output_selection(graph, name, layer, in_sel, keep)
+        if out_sel is not None and name in graph.outputs:
+            raise ValueError(
+                f"cannot prune '{out_sel.origin}': the smaller tensor would become model output "
+                f"'{name}'")
+        plan[name] = (in_sel, out_sel)
+    return plan
+
+
+def _unsupported(selection, layer, why):
+    return ValueError(
+        f"cannot prune '{selection.origin}': its smaller output reaches layer '{layer.name}' "
+        f"({type(layer).__name__}), which the channel surgery cannot resize: {why}")
+
+
+def _output_selection(graph, name, layer, in_sel, keep):
+    if in_sel is not None:
+        _check_reader(layer, in_sel)
+    if name in keep:
+        return own_selection(graph, name, keep[name])
+    if in_sel is None:
+        return None
+    if isinstance(layer, _layers.DepthwiseConv2D):
+        m = layer.depth_multiplier
+        kept = (in_sel.keep[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+        return Selection(in_sel.origin, -1, kept, in_sel.size * m)
+    if isinstance(layer, _layers.Flatten):
+        positions = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
+        kept = (np.arange(positions)[:, None] * in_sel.size + in_sel.keep[None, :]).reshape(-1)
+        return Selection(in_sel.origin, -1, kept, positions * in_sel.size)
+    if _is_channel_wise(layer):
+        return in_sel
+    return None  # a reader: its weights absorb the selection, its output is whole
+
+
+def _check_reader(layer, in_sel):
+    """Raise unless `layer` can take the smaller input `in_sel`."""
+    if isinstance(layer, CapsuleDense):
+        if in_sel.axis != 1:
+            raise _unsupported(in_sel, layer, "it expects capsules")
+        sharing = layer.projection.weight_sharing
+        if sharing is not None and sharing not in ("type", "position"):
+            raise _unsupported(
+                in_sel, layer, f"weight_sharing={sharing!r} tiles W as i mod {sharing}, so removing "
+                "input capsules would hand other capsules' matrices to the survivors")
+        if sharing is not None and in_sel.types is None:
+            raise _unsupported(in_sel, layer, f"weight_sharing={sharing!r} needs capsule types")
+        return
+    if in_sel.axis != -1:
+        raise _unsupported(in_sel, layer, "only CapsuleDense reads pruned capsules")
+    if isinstance(layer, (PrimaryCapsules, _layers.Dense, _layers.Flatten)) or _is_prunable_conv(layer):
+        return
+    if isinstance(layer, _layers.BatchNormalization):
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        rank = len(layer.input_shape)
+        if [a % rank for a in axes] != [rank - 1]:
+            raise _unsupported(in_sel, layer, f"it normalizes axis {layer.axis}, not channels")
+        return
+    if _is_channel_wise(layer):
+        return
+    raise _unsupported(in_sel, layer, "supported readers are Conv2D, PrimaryCapsules, Dense, "
+                                      "CapsuleDense and channel-wise layers")
+
+
+def weight_axes(layer, in_sel, out_sel):
+    """`[(variable, [(axis, kept indices), ...]), ...]` for the weights a selection touches.
+
+    `in_sel` is the selection on the layer's input, `out_sel` its own output selection (for a
+    pruned layer). Weights not listed keep their shape.
+    """
+    specs = []
+
+    def add(variable, *axes):
+        axes = [(axis, keep) for axis, keep in axes if keep is not None]
+        if variable is not None and axes:
+            specs.append((variable, axes))
+
+    in_keep = None if in_sel is None else in_sel.keep
+    if _is_prunable_conv(layer) or isinstance(layer, PrimaryCapsules):
+        conv = layer.conv if isinstance(layer, PrimaryCapsules) else layer
+        out_keep = None
+        if out_sel is not None and out_sel.origin == layer.name:
+            out_keep = (_type_filters(out_sel.types[2], layer.capsule_dim)
+                        if isinstance(layer, PrimaryCapsules) else out_sel.keep)
+        add(conv.kernel, (2, in_keep), (3, out_keep))
+        add(conv.bias, (0, out_keep))
+    elif isinstance(layer, CapsuleDense):
+        out_keep = out_sel.keep if out_sel is not None and out_sel.origin == layer.name else None
+        add(layer.projection.kernel, (0, _kept_matrices(layer, in_sel)), (2, out_keep))
+        add(layer.bias, (0, out_keep))
+    elif isinstance(layer, _layers.DepthwiseConv2D) and in_sel is not None:
+        add(layer.depthwise_kernel, (2, in_keep))
+        add(layer.bias, (0, out_sel.keep))
+    elif isinstance(layer, _layers.BatchNormalization) and in_sel is not None:
+        for variable in layer.weights:
+            add(variable, (0, in_keep))
+    elif isinstance(layer, _layers.Dense) and in_sel is not None:
+        add(layer.kernel, (0, in_keep))
+    return specs
+
+
+def _type_filters(types, capsule_dim):
+    """Filters of the kept capsule types: type t owns filters t*dim ... t*dim + dim - 1."""
+    return (np.asarray(types)[:, None] * capsule_dim + np.arange(capsule_dim)[None, :]).reshape(-1)
+
+
+def _kept_matrices(layer, in_sel):
+    """Rows of a CapsuleDense kernel that survive when input capsules `in_sel.keep` remain."""
+    if in_sel is None:
+        return None
+    sharing = layer.projection.weight_sharing
+    if sharing is None:
+        return in_sel.keep
+    if sharing == "type":
+        return in_sel.types[2]
+    return np.arange(in_sel.types[0])  # "position": one matrix per position, all positions stay
+
+
+def resized_config(layer, config, in_sel, out_sel):
+    """Update a layer's config for its smaller input and output (in place)."""
+    if out_sel is not None and out_sel.origin == layer.name:
+        count = len(out_sel.types[2]) if out_sel.types is not None else len(out_sel.keep)
+        if isinstance(layer, PrimaryCapsules):
+            config["capsule_types"] = count
+        elif isinstance(layer, CapsuleDense):
+            config["num_capsules"] = count
+        else:
+            config["filters"] = count
+    if isinstance(layer, CapsuleDense) and in_sel is not None and in_sel.types is not None:
+        if config.get("capsule_types") is not None:
+            config["capsule_types"] = len(in_sel.types[2])
+    return config

@@ -1,0 +1,95 @@
+"""`kcaps prune`: channel-prune a saved model, fine-tune it with model.fit, save and report.
+
+    kcaps prune runs/digits/model.keras --ratio 0.5 --criterion l1 --dataset real_digits \\
+        --epochs 3 --output runs/pruned
+    kcaps prune model.keras --layer-ratio conv1=0.25 --layer-ratio primary_capsules=0.5
+"""
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import kcaps
+from training import datasets
+
+
+def _layer_ratios(items):
+    ratios = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--layer-ratio expects LAYER=RATIO, got {item!r}")
+        try:
+            ratios[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--layer-ratio {item!r}: {value!r} is not a number") from None
+    return ratios
+
+
+def _accuracy(model, data):
+    scores = kcaps.models.classifier(model).predict(data.x_test, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(scores, axis=-1) == data.y_test))
+
+
+def cmd_prune(args):
+    if not os.path.exists(args.model_path):
+        raise FileNotFoundError(f"model file not found: {args.model_path}")
+    ratios = _layer_ratios(args.layer_ratio) if args.layer_ratio else args.ratio
+    if ratios is None:
+        raise ValueError("give --ratio (every conv and primary capsule layer) or --layer-ratio")
+    model = tf.keras.models.load_model(args.model_path)
+    kcaps.pruning.surgery.layer_ratios(model, ratios)  # bad ratios and layers fail before data loads
+    data = datasets.load(args.dataset, args.data_dir)
+    before = {"parameters": int(model.count_params()), "accuracy": _accuracy(model, data),
+              "flops": kcaps.pruning.count_flops(kcaps.models.classifier(model))}
+    small = kcaps.pruning.prune_channels(model, ratios, args.criterion,
+                                         data=data.x_train[:args.samples])
+    pruned_accuracy = _accuracy(small, data)
+    tf.keras.utils.set_random_seed(args.seed)
+    small.compile(tf.keras.optimizers.Adam(args.learning_rate))
+    os.makedirs(args.output, exist_ok=True)
+    if args.epochs:
+        train = datasets.pipeline(data.x_train, data.y_train, args.batch_size, shuffle=True,
+                                  max_shift=args.max_shift, seed=args.seed)
+        small.fit(train, epochs=args.epochs, verbose=args.verbose, callbacks=[
+            kcaps.callbacks.EpochTimer(),
+            tf.keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"))])
+    small.save(os.path.join(args.output, "model.keras"))
+    after = {"parameters": int(small.count_params()), "accuracy": _accuracy(small, data),
+             "flops": kcaps.pruning.count_flops(kcaps.models.classifier(small)),
+             "accuracy_before_finetune": pruned_accuracy}
+    with open(os.path.join(args.output, "metrics.json"), "w") as f:
+        json.dump({"ratios": ratios, "criterion": args.criterion, "before": before,
+                   "after": after}, f, indent=2)
+    print(f"parameters  {before['parameters']:,} -> {after['parameters']:,}")
+    print(f"FLOPs       {before['flops']:,} -> {after['flops']:,}")
+    print(f"accuracy    {before['accuracy']:.4f} -> {pruned_accuracy:.4f} pruned -> "
+          f"{after['accuracy']:.4f} after {args.epochs} fine-tuning epochs")
+    print(f"outputs     {args.output}/ (model.keras, metrics.json, log.csv)")
+    return 0
+
+
+def register(commands):
+    parser = commands.add_parser(
+        "prune", help="channel-prune a saved model and fine-tune it",
+        description="Remove backbone channels / capsule types / capsules (kcaps.pruning), "
+                    "rebuild the smaller model, fine-tune it with model.fit, save and report.")
+    parser.add_argument("model_path", help="a saved .keras model")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="ratio for every Conv2D and PrimaryCapsules layer, in [0, 1)")
+    parser.add_argument("--layer-ratio", action="append", default=[], metavar="LAYER=RATIO",
+                        help="ratio of one layer (repeatable; overrides --ratio)")
+    parser.add_argument("--criterion", default="l1", choices=kcaps.pruning.CRITERIA)
+    parser.add_argument("--samples", type=int, default=256,
+                        help="training images for the chip/activity criteria")
+    parser.add_argument("--dataset", default="real_digits")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--max-shift", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=2)
+    parser.add_argument("--output", default="runs/pruned")
+    parser.set_defaults(run=cmd_prune)
