@@ -247,7 +247,7 @@ def _require_built(layer):
 
 
 @_register
-class Squash(tf.keras.layers.Layer):
+class Squash(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """Squash capsules along the last axis (`"squash"`: Sabour et al.; `"approx"`: FasTrCaps').
 
     Input and output shape: `(batch, ..., capsule_dim)`.
@@ -267,6 +267,9 @@ class Squash(tf.keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)
+
+    def get_prunable_weights(self):
+        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
 
     def get_config(self):
         config = super().get_config()

@@ -41,6 +41,26 @@ def test_every_kcaps_layer_is_prunable_by_tfmot():
     assert kcaps.layers.CapsuleLength().get_prunable_weights() == []
 
 
+@pytest.mark.parametrize("build", [
+    lambda: kcaps.models.backbone_capsnet("cnn", "xnodr", (28, 28, 1), 10),
+    lambda: kcaps.models.backbone_capsnet("cnn", "xnidr", (28, 28, 1), 10),
+    lambda: kcaps.models.small_capsnet(decoder="small", squash="approx", weight_sharing="type"),
+], ids=["xnodr", "xnidr", "small_decoder_shared"])
+def test_models_of_the_other_features_wrap_whole(build):
+    # binarized heads (Squash layer), FasTrCaps' small decoder and shared kernels
+    model = build()
+    wrapped = sparsity.prune_low_magnitude(model, pruning_schedule=sparsity.ConstantSparsity(0.5, 0))
+    kcaps_layers = [layer.name for layer in model.layers if type(layer).__module__.startswith("kcaps")]
+    assert "class_capsules" in kcaps_layers
+    def flat(layers):  # a nested backbone model is cloned with its own layers wrapped
+        for layer in layers:
+            yield from flat(layer.layers) if isinstance(layer, tf.keras.Model) else [layer]
+
+    for layer in flat(wrapped.layers):
+        if layer.name.replace("prune_low_magnitude_", "") in kcaps_layers or layer.weights:
+            assert isinstance(layer, pruning_wrapper.PruneLowMagnitude), layer.name
+
+
 @pytest.mark.slow
 def test_constant_sparsity_in_a_plain_fit_then_strip_keeps_the_model_and_its_zeros(tmp_path):
     model = kcaps.models.small_capsnet(decoder=True)
