@@ -2,6 +2,8 @@
 
     python tests/distributed_run.py compare OUT.json       # default vs mirrored on 2 logical CPUs
     python tests/distributed_run.py worker OUT.npz OUTDIR   # one multi-worker worker (TF_CONFIG set)
+    python tests/distributed_run.py callbacks OUT.json      # kcaps callbacks under mirrored, 2 CPUs
+    python tests/distributed_run.py resume OUT.json first|second  # crash, then resume, mirrored
 """
 import json
 import os
@@ -13,6 +15,10 @@ from training import distribute, datasets  # noqa: E402
 from training import train as recipe  # noqa: E402
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization as tfmot  # noqa: E402
+
+import kcaps  # noqa: E402
 
 
 def small_data():
@@ -44,5 +50,75 @@ def worker(weights_path, output_dir):
     np.savez(weights_path, *result.model.get_weights(), replicas=result.metrics["replicas"])
 
 
+class _Interrupt(Exception):
+    pass
+
+
+class _StopAfter(tf.keras.callbacks.Callback):
+    """Simulates a crash at the end of an epoch (after BackupAndRestore saved it)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Interrupt()
+
+
+def callbacks(result_path):
+    """tfmot pruning, the capsule activity monitor and iterative channel pruning."""
+    distribute.split_cpu(2)
+    strategy = distribute.make_strategy("mirrored")
+    sparsity = tfmot.sparsity.keras
+    data = small_data()
+    x, y = data.x_train[:256], data.y_train[:256]
+    result = {"replicas": strategy.num_replicas_in_sync}
+
+    with strategy.scope():
+        pruned = sparsity.prune_low_magnitude(
+            kcaps.models.small_capsnet(data.input_shape, 10),
+            pruning_schedule=sparsity.ConstantSparsity(0.5, 0, frequency=1))
+        pruned.compile(tf.keras.optimizers.Adam(1e-3))
+    monitor = kcaps.activity.CapsuleActivityMonitor(x[:64])
+    history = pruned.fit(x, y, batch_size=64, epochs=2, verbose=0,
+                         callbacks=[sparsity.UpdatePruningStep(), monitor]).history
+    stripped = sparsity.strip_pruning(pruned)
+    result["sparsity"] = {row["layer"]: row["sparsity"]
+                          for row in kcaps.pruning.sparsity_report(stripped)}
+    result["activity_keys"] = sorted(k for k in history if k.endswith("_inactive_fraction"))
+
+    with strategy.scope():
+        model = kcaps.models.small_capsnet(data.input_shape, 10)
+        model.compile(tf.keras.optimizers.Adam(1e-3))
+    schedule = kcaps.pruning.IterativeChannelPruning(0.5, step=0.25, every=1)
+    model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[schedule])
+    result["units_before"] = kcaps.pruning.prunable_units(model)
+    result["units_after"] = kcaps.pruning.prunable_units(schedule.shrink())
+
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
+def resume(result_path, phase):
+    """`first`: crash after epoch 1; `second`: a new process resumes (as after a real crash)."""
+    distribute.split_cpu(2)
+    out = os.path.join(os.path.dirname(result_path), "resume")
+    config = recipe.TrainConfig(epochs=3, batch_size=64, max_shift=0, output_dir=out,
+                                strategy="mirrored", lr_policy="warm_restarts", verbose=0)
+    if phase == "first":
+        try:
+            recipe.train(config, callbacks=[_StopAfter(0)], data=small_data())
+        except _Interrupt:
+            return
+        raise AssertionError("the interrupting callback did not stop training")
+    resumed = recipe.train(config, data=small_data())
+    with open(os.path.join(out, "log.csv")) as f:
+        csv_epochs = [int(line.split(",")[0]) for line in f.readlines()[1:]]
+    with open(result_path, "w") as f:
+        json.dump({"epochs": len(resumed.history["loss"]), "lr": resumed.history["lr"],
+                   "csv_epochs": csv_epochs, "replicas": resumed.metrics["replicas"]}, f)
+
+
 if __name__ == "__main__":
-    {"compare": compare, "worker": worker}[sys.argv[1]](*sys.argv[2:])
+    {"compare": compare, "worker": worker, "callbacks": callbacks, "resume": resume}[sys.argv[1]](*sys.argv[2:])

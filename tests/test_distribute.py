@@ -55,6 +55,13 @@ def test_unknown_precision_lists_valid_ones():
         recipe.TrainConfig(precision="int4")
 
 
+def test_adaptive_batch_under_a_strategy_is_rejected_before_training():
+    with pytest.raises(ValueError, match="`batch_policy` cannot change the batch size under "
+                                         "strategy 'mirrored'"):
+        recipe.TrainConfig(strategy="mirrored", batch_policy="adabatch")
+    recipe.TrainConfig(strategy="mirrored", lr_policy="warm_adabatch")  # the LR policy alone is fine
+
+
 @pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_follows_the_single_device_loss(tmp_path):
     result = tmp_path / "result.json"
@@ -133,3 +140,34 @@ def test_precision_auto_picks_bfloat16_on_cpu():
         assert distribute.set_precision("auto") == expected
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.slow
+def test_kcaps_callbacks_and_resume_under_mirrored_strategy(tmp_path):
+    result_path = tmp_path / "result.json"
+    run = subprocess.run([sys.executable, SCRIPT, "callbacks", str(result_path)], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(result_path.read_text())
+    assert result["replicas"] == 2
+    # tfmot: UpdatePruningStep under the strategy reaches the schedule's sparsity
+    for name in ("conv1", "conv2", "primary_capsules", "class_capsules"):
+        assert abs(result["sparsity"][name] - 0.5) < 0.01, name
+    assert "prune_low_magnitude_class_capsules_inactive_fraction" in result["activity_keys"]
+    # iterative channel pruning: 25% then 50% of every prunable layer, then shrunk
+    for name, count in result["units_before"].items():
+        assert result["units_after"][name] == count - count // 2, name
+
+
+@pytest.mark.slow
+def test_an_interrupted_mirrored_run_resumes_in_a_new_process(tmp_path):
+    result_path = tmp_path / "result.json"
+    for phase in ("first", "second"):
+        run = subprocess.run([sys.executable, SCRIPT, "resume", str(result_path), phase],
+                             env=_env(), capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(result_path.read_text())
+    assert result["replicas"] == 2
+    assert result["epochs"] == 2  # epochs 2 and 3 only: epoch 1 came from BackupAndRestore
+    assert result["csv_epochs"] == [0, 1, 2]
+    assert len(result["lr"]) == 2 and result["lr"][0] > 0  # the warm-restarts LR policy

@@ -58,6 +58,10 @@ def check(config):
         fail("lr_policy", f"must be one of {', '.join(LR_POLICIES)}")
     if config.batch_policy not in BATCH_POLICIES:
         fail("batch_policy", f"must be one of {', '.join(BATCH_POLICIES)}")
+    if config.batch_policy != "fixed" and config.strategy != "default":
+        # Keras distributes a dataset once per fit, with one batch size (kcaps.adaptive_batch)
+        fail("batch_policy", f"cannot change the batch size under strategy {config.strategy!r} "
+                             f"(use batch_policy='fixed'; the learning-rate policies all work)")
     for field in ("warm_epochs", "warm_batch_size", "adabatch_size", "steps_per_execution"):
         value = getattr(config, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
