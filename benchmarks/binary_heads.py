@@ -18,10 +18,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import kcaps  # noqa: E402  (first: Keras 2 behind tf.keras, before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import kcaps  # noqa: E402
 from benchmarks.common import print_table  # noqa: E402
 from training import datasets, head_report  # noqa: E402
 

@@ -22,10 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import kcaps  # noqa: E402  (first: Keras 2 behind tf.keras, before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-import kcaps  # noqa: E402
 from benchmarks.common import print_table  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from kcaps_tflite import lce  # noqa: E402

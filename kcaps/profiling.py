@@ -77,12 +77,15 @@ def register_with_larq():
 
 
 def register_with_larq_if_installed():
-    """`register_with_larq()` if larq can be imported; nothing otherwise (larq is optional)."""
+    """`register_with_larq()` if larq can be imported; nothing otherwise (larq is optional).
+
+    larq cannot be imported either when TensorFlow was imported before kcaps (see
+    `kcaps._optional.larq`): `import kcaps` still works, and binarized layers say why they fail.
+    """
     try:
-        import larq  # noqa: F401
+        register_with_larq()
     except ImportError:
         return
-    register_with_larq()
 
 
 def profile(model):

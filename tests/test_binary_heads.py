@@ -1,4 +1,6 @@
 """XnODR and XnIDR capsule layers against NumPy references of the authors' definitions."""
+import os
+import subprocess
 import sys
 
 import larq
@@ -8,7 +10,7 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 import kcaps
-from conftest import numpy_routing, numpy_sign
+from conftest import ROOT, numpy_routing, numpy_sign
 
 
 def _relu_capsules(rng, batch, num_in, dim_in):
@@ -193,3 +195,16 @@ def test_binarized_layers_without_larq_say_what_to_install(monkeypatch, routing)
     with pytest.raises(ImportError, match="pip install larq"):
         kcaps.models.backbone_capsnet("cnn", routing, input_shape=(28, 28, 1))
     kcaps.layers.CapsuleDense(10, 16, routing="dynamic")  # float layers still work
+
+
+def test_tensorflow_imported_first_keeps_kcaps_importable_and_binarized_heads_say_why():
+    code = ("import tensorflow as tf; import kcaps; "
+            "kcaps.layers.CapsuleDense(10, 16, routing='dynamic'); print('float ok'); "
+            "kcaps.layers.CapsuleDense(10, 16, routing='xnodr')")
+    environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    environment.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=environment, timeout=300)
+    assert "float ok" in result.stdout, result.stderr[-2000:]
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "Import kcaps before TensorFlow" in result.stderr
