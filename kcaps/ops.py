@@ -19,7 +19,7 @@ def _in_float32(x):
 def safe_norm(s, axis=-1, keepdims=False, epsilon=EPSILON):
     """Euclidean norm `sqrt(sum(s**2) + epsilon)`: finite value and gradient at s = 0."""
     s, dtype = _in_float32(s)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(s), axis=axis, keepdims=keepdims) + epsilon)
+    norm = tf.sqrt(tf.reduce_sum(s * s, axis=axis, keepdims=keepdims) + epsilon)
     return norm if dtype is None else tf.cast(norm, dtype)
 
 
@@ -37,8 +37,8 @@ def squash(s, axis=-1, epsilon=EPSILON):
       A tensor of the shape and dtype of `s`.
     """
     s, dtype = _in_float32(s)
-    squared = tf.reduce_sum(tf.square(s), axis=axis, keepdims=True)
-    v = s * (squared / (1.0 + squared) / tf.sqrt(squared + epsilon))
+    squared = tf.reduce_sum(s * s, axis=axis, keepdims=True)
+    v = s * (squared / (1.0 + squared) * tf.math.rsqrt(squared + epsilon))
     return v if dtype is None else tf.cast(v, dtype)
 
 

@@ -160,7 +160,11 @@ class DenseProjection(tf.keras.layers.Layer):
         """`(batch, num_in, d)` x `(num_in, d, J, K)` -> `(batch, J, num_in, K)`."""
         u_t = tf.transpose(u, [1, 0, 2])  # (num_in, batch, d)
         flat = tf.reshape(kernel, [self.num_in, self.input_dim, self.num_capsules * self.capsule_dim])
-        u_hat = tf.matmul(u_t, tf.cast(flat, u_t.dtype))  # one matmul per input capsule
+        # W^T with `transpose_b`: the product is the same, but a converted model then holds the
+        # constant W^T in the layout TFLite Micro's BATCH_MATMUL reads directly (adj_y); with W
+        # it copies every weight into the arena at start-up.
+        flat_t = tf.transpose(tf.cast(flat, u_t.dtype), [0, 2, 1])  # (num_in, J*K, d)
+        u_hat = tf.matmul(u_t, flat_t, transpose_b=True)  # one matmul per input capsule
         u_hat = tf.reshape(u_hat, [self.num_in, -1, self.num_capsules, self.capsule_dim])
         return tf.transpose(u_hat, [1, 2, 0, 3])
 

@@ -31,7 +31,7 @@ from kcaps import ops, xnor
 
 def _dot_with_outputs(u_hat, v):
     """`sum_d u_hat[b, j, i, d] * v[b, j, d]` -> `(batch, num_out, num_in)` as a batched matvec."""
-    return tf.squeeze(tf.matmul(v[:, :, tf.newaxis, :], u_hat, transpose_b=True), axis=2)
+    return tf.squeeze(tf.matmul(tf.expand_dims(v, 2), u_hat, transpose_b=True), axis=2)
 
 
 def dot_agreement(u_hat, v):
@@ -82,7 +82,7 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
             s = tf.reduce_sum(u_hat, axis=2) * (1.0 / num_out)
         else:
             c = tf.cast(tf.nn.softmax(logits, axis=1), u_hat.dtype)  # over the output capsules
-            s = tf.squeeze(tf.matmul(c[:, :, tf.newaxis, :], u_hat), axis=2)  # (batch, num_out, dim)
+            s = tf.squeeze(tf.matmul(tf.expand_dims(c, 2), u_hat), axis=2)  # (batch, num_out, dim)
         if bias is not None:
             s = s + tf.cast(bias, s.dtype)
         v = squash(s)

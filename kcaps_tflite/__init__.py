@@ -1,1 +1,29 @@
-"""kcaps_tflite: deployment of kcaps models (TFLite / LiteRT, TFLite Micro, Larq Compute Engine)."""
+"""kcaps_tflite: deploy kcaps models to phones and microcontrollers.
+
+Named so as not to shadow PyPI's `tflite` package. It imports `kcaps` (to load capsule layers),
+never `training`.
+
+- `convert`: Keras model or saved file -> `.tflite` (float32, float16, dynamic, int8, binary)
+- `verify`: run in the LiteRT interpreter next to Keras; top-1 agreement, length differences
+- `micro`: TFLite Micro op coverage, smallest arena, budgets, agreement with LiteRT
+- `c_export`: `model_data.cc` / `.h` for firmware
+- `benchmark`: the TFLite benchmark tool's method and flags (host engine or the real binary)
+- `profile`: per-operator latency from LiteRT's profiler; the routing's share
+- `report`: comparison table and chart of a model's variants
+- `lce`: binary conversion of larq models and LCE's interpreter
+- `graph`, `float_islands`, `files`: what a flatbuffer holds, TFLite-Micro-ready int8, safe files
+
+Submodules load on first use, so the benchmark tool's child processes
+(`python -m kcaps_tflite._host_benchmark`) start without TensorFlow, whose memory they would
+otherwise count.
+"""
+import importlib
+
+__all__ = ["benchmark", "c_export", "convert", "files", "float_islands", "graph", "lce", "micro",
+           "profile", "report", "verify"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        return importlib.import_module(f"kcaps_tflite.{name}")
+    raise AttributeError(f"module 'kcaps_tflite' has no attribute {name!r}")

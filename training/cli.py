@@ -78,13 +78,22 @@ def cmd_train(args):
 
 
 def cmd_quickstart(args):
-    """The main job: train, evaluate, save and report (deployment steps are added by kcaps_tflite)."""
-    return cmd_train(args)
+    """The main job: train, evaluate, save, then deploy (training.deploy) and report."""
+    from training import datasets, deploy
+
+    config = config_from_args(args, args.output)
+    data = datasets.load(config.dataset, config.data_dir)
+    result = recipe.train(config, data=data)
+    print_report(result.metrics, config.output_dir)
+    print("\n== deployment: convert, verify in LiteRT, TFLite Micro, benchmark")
+    deploy.deploy(result.model, data, config.output_dir, name=config.model)
+    return 0
 
 
 # Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
 # Features add their command in their own module and one line here.
-COMMAND_MODULES = ("training.sweep", "training.head_report", "training.prune_command")
+COMMAND_MODULES = ("training.sweep", "training.head_report", "training.prune_command",
+                   "training.deploy_cli")
 
 
 def build_parser():
@@ -100,7 +109,9 @@ def build_parser():
     quick = commands.add_parser(
         "quickstart", help="the main job: train the default model offline and report",
         description="Train small_capsnet on scikit-learn's embedded digits (no download), "
-                    "evaluate, save and report.")
+                    "evaluate and save it, then convert it to TFLite in every precision, verify "
+                    "each in LiteRT, run int8 in TFLite Micro, benchmark with the TFLite "
+                    "benchmark tool and write report.md.")
     add_train_arguments(quick, model="small_capsnet", dataset="digits", epochs=30)
     quick.add_argument("--output", default="runs/quickstart", help="output directory")
     quick.set_defaults(run=cmd_quickstart, verbose=2)
