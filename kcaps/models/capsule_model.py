@@ -114,7 +114,10 @@ def classifier(model):
     """The image -> capsule lengths part of a capsule model, for inference and conversion.
 
     Drops the label input and the decoder; the layers (and weights) are shared with `model`.
+    A model with one input and one output (a user's own classifier) is returned as it is.
     """
+    if len(model.inputs) == 1 and len(model.outputs) == 1:
+        return model
     image = [t for t, name in zip(model.inputs, model.input_names) if name != LABEL_INPUT]
     if len(image) != 1:
         raise ValueError(f"classifier: expected one image input, got inputs {model.input_names}")
