@@ -19,6 +19,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 
 import kcaps  # noqa: E402
+from crash import Interrupt, StopAfter  # noqa: E402
 
 
 def small_data():
@@ -48,22 +49,6 @@ def worker(weights_path, output_dir):
     distribute.make_strategy("multiworker")  # before any TensorFlow op, as TensorFlow requires
     result = recipe.train(config(output_dir, "multiworker", epochs=2), data=small_data())
     np.savez(weights_path, *result.model.get_weights(), replicas=result.metrics["replicas"])
-
-
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAfter(tf.keras.callbacks.Callback):
-    """Simulates a crash at the end of an epoch (after BackupAndRestore saved it)."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Interrupt()
 
 
 def callbacks(result_path):
@@ -108,8 +93,8 @@ def resume(result_path, phase):
                                 strategy="mirrored", lr_policy="warm_restarts", verbose=0)
     if phase == "first":
         try:
-            recipe.train(config, callbacks=[_StopAfter(0)], data=small_data())
-        except _Interrupt:
+            recipe.train(config, callbacks=[StopAfter(0)], data=small_data())
+        except Interrupt:
             return
         raise AssertionError("the interrupting callback did not stop training")
     resumed = recipe.train(config, data=small_data())

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import kcaps
+from crash import Interrupt, StopAfter
 from conftest import ROOT
 from training import cli
 from training import train as recipe
@@ -56,20 +57,6 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(args, message, 
     assert message in capsys.readouterr().err
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAfter(tf.keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Interrupt()
-
-
 @pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     from training import datasets
@@ -78,8 +65,8 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     data = datasets.Dataset("digits", full.x_train[:256], full.y_train[:256], full.x_test[:64],
                             full.y_test[:64], 10)
     config = recipe.TrainConfig(epochs=3, batch_size=64, output_dir=str(tmp_path), verbose=0)
-    with pytest.raises(_Interrupt):
-        recipe.train(config, callbacks=[_StopAfter(epoch=1)], data=data)
+    with pytest.raises(Interrupt):
+        recipe.train(config, callbacks=[StopAfter(epoch=1)], data=data)
     assert any((tmp_path / "backup").iterdir())
     result = recipe.train(config, data=data)
     assert result.metrics["epochs_run"] == 1  # only epoch 3 was left

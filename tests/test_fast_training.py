@@ -9,6 +9,7 @@ import tensorflow as tf
 import kcaps
 from kcaps.adaptive_batch import AdaptiveBatchDataset, AdaptiveBatchSize, BatchSizeSchedule
 from kcaps.schedules import CosineRestarts, OneCycle
+from crash import Interrupt, StopAfter
 from training import datasets, fast_training
 from training import train as recipe
 
@@ -192,28 +193,14 @@ def test_adaptive_batch_refuses_a_distribution_strategy():
                   callbacks=[AdaptiveBatchSize(BatchSizeSchedule([4]), train)])
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAfter(tf.keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Interrupt()
-
-
 @pytest.mark.slow
 def test_recipe_warm_adabatch_resumes_with_the_right_batch_size_and_step(tmp_path):
     data = _tiny_digits()
     config = recipe.TrainConfig(epochs=4, lr_policy="warm_adabatch", batch_policy="adabatch",
                                 warm_epochs=2, warm_batch_size=4, adabatch_size=16,
                                 steps_per_execution=4, output_dir=str(tmp_path), verbose=0)
-    with pytest.raises(_Interrupt):
-        recipe.train(config, callbacks=[_StopAfter(epoch=1)], data=data)
+    with pytest.raises(Interrupt):
+        recipe.train(config, callbacks=[StopAfter(epoch=1)], data=data)
     result = recipe.train(config, data=data)
     assert result.history["batch_size"] == [16, 16]  # epochs 3 and 4 only
     assert int(result.model.optimizer.iterations.numpy()) == 6 + 6 + 2 + 2
