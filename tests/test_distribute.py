@@ -23,6 +23,13 @@ def _env(**extra):
     return env
 
 
+def _run_script(*args):
+    """Run `tests/distributed_run.py` with `args` in a fresh process; fail with its stderr."""
+    run = subprocess.run([sys.executable, SCRIPT, *map(str, args)], env=_env(),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_unknown_strategy_is_rejected_before_training(capsys, tmp_path):
     assert cli.main(["train", "--strategy", "horovod", "--output", str(tmp_path)]) == 2
     assert "unknown strategy 'horovod'; valid strategies: default, mirrored, multiworker" in \
@@ -65,9 +72,7 @@ def test_adaptive_batch_under_a_strategy_is_rejected_before_training():
 @pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_follows_the_single_device_loss(tmp_path):
     result = tmp_path / "result.json"
-    run = subprocess.run([sys.executable, SCRIPT, "compare", str(result)], env=_env(),
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _run_script("compare", result)
     runs = json.loads(result.read_text())
     assert runs["default"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
     np.testing.assert_allclose(runs["mirrored"]["loss"], runs["default"]["loss"], rtol=1e-3)
@@ -145,9 +150,7 @@ def test_precision_auto_picks_bfloat16_on_cpu():
 @pytest.mark.slow
 def test_kcaps_callbacks_and_resume_under_mirrored_strategy(tmp_path):
     result_path = tmp_path / "result.json"
-    run = subprocess.run([sys.executable, SCRIPT, "callbacks", str(result_path)], env=_env(),
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    _run_script("callbacks", result_path)
     result = json.loads(result_path.read_text())
     assert result["replicas"] == 2
     # tfmot: UpdatePruningStep under the strategy reaches the schedule's sparsity
@@ -163,9 +166,7 @@ def test_kcaps_callbacks_and_resume_under_mirrored_strategy(tmp_path):
 def test_an_interrupted_mirrored_run_resumes_in_a_new_process(tmp_path):
     result_path = tmp_path / "result.json"
     for phase in ("first", "second"):
-        run = subprocess.run([sys.executable, SCRIPT, "resume", str(result_path), phase],
-                             env=_env(), capture_output=True, text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
+        _run_script("resume", result_path, phase)
     result = json.loads(result_path.read_text())
     assert result["replicas"] == 2
     assert result["epochs"] == 2  # epochs 2 and 3 only: epoch 1 came from BackupAndRestore
