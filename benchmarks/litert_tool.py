@@ -1,16 +1,14 @@
 """Convert Keras models to TFLite and time them with LiteRT's official benchmark tool.
 
-The tool is `python -m ai_edge_litert.tools.benchmark_litert_model` (XNNPACK on CPU); its flags
-are passed through unchanged. (The project's deployment package wraps the same tool; the
-benchmarks call it directly so they depend on nothing but the converter and ai-edge-litert.)
+Timing and op lists come from `kcaps_tflite` (the official tool's Python port that
+ai-edge-litert ships, XNNPACK on CPU); only the conversion is the benchmarks' own, because it
+fixes the batch size (to time a whole batch) and passes converter optimizations (2:4 sparsity).
 """
-import json
 import os
-import subprocess
-import sys
-import tempfile
 
 import tensorflow as tf
+
+from kcaps_tflite import benchmark as tflite_benchmark, graph
 
 
 def convert(model, path, batch_size=1, optimizations=()):
@@ -26,24 +24,12 @@ def convert(model, path, batch_size=1, optimizations=()):
 
 
 def benchmark(path, num_threads=1, warmup_runs=5, num_runs=50):
-    """Run the official LiteRT benchmark tool on `path`; return its result JSON (latency in ms)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        result = os.path.join(tmp, "result.json")
-        command = [sys.executable, "-m", "ai_edge_litert.tools.benchmark_litert_model",
-                   "--model", path, "--num_threads", str(num_threads),
-                   "--warmup_runs", str(warmup_runs), "--num_runs", str(num_runs),
-                   "--result_json", result]
-        run = subprocess.run(command, capture_output=True, text=True)
-        if run.returncode != 0 or not os.path.exists(result):
-            raise RuntimeError(f"benchmark tool failed on {path}:\n{run.stdout[-2000:]}\n"
-                               f"{run.stderr[-2000:]}")
-        with open(result) as f:
-            return json.load(f)
+    """Time `path` with the benchmark tool through `kcaps_tflite.benchmark`; latency in ms."""
+    timing = tflite_benchmark.benchmark(path, num_threads=num_threads, warmup_runs=warmup_runs,
+                                        num_runs=num_runs)["inference_us"]
+    return {"latency": {"median_ms": timing["median"] / 1000, "avg_ms": timing["avg"] / 1000}}
 
 
 def op_names(path):
-    """The builtin op names of a TFLite file, in execution order (checks DENSIFY etc.)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path)
-    return [op["op_name"] for op in interpreter._get_ops_details()]
+    """The op names of a TFLite file, in execution order (checks DENSIFY etc.)."""
+    return [op.name for op in graph.read(path).operators]
