@@ -31,6 +31,13 @@ def _conv_length(size, kernel, padding, stride):
     return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
 
 
+class WeightlessPrunable(tfmot.sparsity.keras.PrunableLayer):
+    """For layers without weights: tfmot can wrap a whole kcaps model, and prunes nothing here."""
+
+    def get_prunable_weights(self):
+        return []
+
+
 @_register
 class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """A convolution whose output channels are grouped into capsules and squashed.
@@ -247,7 +254,7 @@ def _require_built(layer):
 
 
 @_register
-class Squash(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+class Squash(tf.keras.layers.Layer, WeightlessPrunable):
     """Squash capsules along the last axis (`"squash"`: Sabour et al.; `"approx"`: FasTrCaps').
 
     Input and output shape: `(batch, ..., capsule_dim)`.
@@ -268,9 +275,6 @@ class Squash(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)
 
-    def get_prunable_weights(self):
-        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
-
     def get_config(self):
         config = super().get_config()
         config.update(squash=self.squash)
@@ -278,7 +282,7 @@ class Squash(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
 
 
 @_register
-class CapsuleLength(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+class CapsuleLength(tf.keras.layers.Layer, WeightlessPrunable):
     """Capsule lengths `|v_j|` (safe norm), used as class scores.
 
     Input shape: `(batch, num_capsules, capsule_dim)`. Output shape: `(batch, num_capsules)`.
@@ -290,12 +294,9 @@ class CapsuleLength(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape[:-1])
 
-    def get_prunable_weights(self):
-        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
-
 
 @_register
-class CapsuleMask(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+class CapsuleMask(tf.keras.layers.Layer, WeightlessPrunable):
     """Keep one capsule per example and zero the others, then flatten (input of the decoder).
 
     Called on `capsules` or on `[capsules, labels]`. While training and given labels, the capsule
@@ -327,9 +328,6 @@ class CapsuleMask(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and not isinstance(
             input_shape[0], (int, type(None))) else input_shape
         return tf.TensorShape([shape[0], shape[1] * shape[2]])
-
-    def get_prunable_weights(self):
-        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
 
 
 @_register

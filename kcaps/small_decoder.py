@@ -12,13 +12,13 @@ layer has `capsule_dim` inputs instead of `num_classes * capsule_dim`: for CapsN
 8141840
 """
 import tensorflow as tf
-import tensorflow_model_optimization as tfmot
 
 from kcaps import _checks, ops
+from kcaps.layers import WeightlessPrunable
 
 
 @tf.keras.utils.register_keras_serializable(package="kcaps")
-class SelectedCapsule(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
+class SelectedCapsule(tf.keras.layers.Layer, WeightlessPrunable):
     """The selected capsule of each example: the label's while training, the longest otherwise.
 
     Called on `capsules` or on `[capsules, labels]`; labels are class ids or one-hot (with
@@ -48,9 +48,6 @@ class SelectedCapsule(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
             by_label = ops.one_hot_labels(labels, num_capsules, inputs.dtype)
             selection = tf.keras.backend.in_train_phase(by_label, by_length, training=training)
         return tf.squeeze(tf.matmul(selection[:, tf.newaxis, :], inputs), axis=1)
-
-    def get_prunable_weights(self):
-        return []  # no weights; declared so that tfmot can wrap a whole kcaps model
 
     def compute_output_shape(self, input_shape):
         shape = _capsule_shape(input_shape)
