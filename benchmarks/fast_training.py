@@ -2,6 +2,8 @@
 
     python benchmarks/fast_training.py [--epochs 15] [--model small_capsnet] \\
         [--output runs/bench_fast_training] [--steps-per-execution 50]
+    python benchmarks/fast_training.py --claim-only --seeds 0 1 2 --epochs 30 \\
+        --scaled-warm-batch-sizes 1     # the claim alone, repeated over seeds
 
 Trains, one after the other in this process (through `kcaps sweep`'s `run_sweep`, so a run cut
 short resumes where it stopped): the baseline (Adam, fixed learning rate 1e-3, fixed batch size
@@ -12,7 +14,9 @@ On the real-digits split (first 8,000 MNIST test images train, last 2,000 evalua
 
 Prints every policy's figures next to the paper's (CapsNet, MNIST, 100 epochs, GPU) and checks
 the claim of issue 5: the best WarmAdaBatch configuration reaches the baseline's final accuracy
-within 0.3 percentage point in at most half the baseline's training time. Times:
+within 0.3 percentage point in at most half the baseline's training time; with several
+`--seeds`, each seed is one complete same-run comparison and the verdict is the median ratio
+(one run's ratio moved between 44% and 70% on this shared CPU). Times:
 - FasTrCaps' metric: epochs to the best accuracy x mean seconds per epoch;
 - the honest one: the seconds really spent until the accuracy first reaches the target,
   against the baseline's total seconds (its final accuracy is reached at its last epoch).
@@ -41,13 +45,18 @@ TOLERANCE = 0.003  # 0.3 percentage point
 RESOLUTION = 1e-6  # accuracies are multiples of 1 / 2,000 logged in float32: compare with slack
 
 
-def grids(warm_epochs_scaled, warm_batch_sizes_scaled):
+def grids(warm_epochs_scaled, warm_batch_sizes_scaled, claim_only=False):
+    """Every policy of the paper's comparison, or with `claim_only` the baseline and the scaled
+    WarmAdaBatch points only (what the issue's claim compares)."""
+    scaled = {"lr_policy": ["warm_adabatch"], "batch_policy": ["adabatch"],
+              "warm_epochs": warm_epochs_scaled, "warm_batch_size": warm_batch_sizes_scaled}
+    if claim_only:
+        return [{"lr_policy": ["fixed"], "batch_policy": ["fixed"]}, scaled]
     return [
         {"lr_policy": ["fixed", "exp_decay", "one_cycle", "warm_restarts"],
          "batch_policy": ["fixed"]},
         {"lr_policy": ["fixed", "warm_adabatch"], "batch_policy": ["adabatch"]},
-        {"lr_policy": ["warm_adabatch"], "batch_policy": ["adabatch"],
-         "warm_epochs": warm_epochs_scaled, "warm_batch_size": warm_batch_sizes_scaled},
+        scaled,
     ]
 
 
@@ -116,7 +125,11 @@ def main(argv=None):
                         help="WarmAdaBatch variants with a shorter warm phase")
     parser.add_argument("--scaled-warm-batch-sizes", type=int, nargs="+", default=[1, 4],
                         help="... and these warm batch sizes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one complete same-run comparison per seed (in OUTPUT/seed<N> when "
+                             "more than one); the verdict is the median ratio")
+    parser.add_argument("--claim-only", action="store_true",
+                        help="train the baseline and the scaled WarmAdaBatch points only")
     parser.add_argument("--skip-batch-cost", action="store_true")
     args = parser.parse_args(argv)
 
@@ -125,12 +138,33 @@ def main(argv=None):
         print_table(batch_cost_rows(args.model), ["batch size", "steps per execution",
                                                   "ms per image", "CPU ms per image",
                                                   "ms per step", "s per 8,000-image epoch"])
+    ratios = []
+    for seed in args.seeds:
+        output = (args.output if len(args.seeds) == 1
+                  else os.path.join(args.output, f"seed{seed}"))
+        print(f"\n== seed {seed}: {output}")
+        ratios.append(compare(args, seed, output))
+    if len(ratios) > 1:
+        print("\nper seed (wall, CPU ratio to the baseline's run; None = target never reached): "
+              + ", ".join(f"seed {s}: {r}" for s, r in zip(args.seeds, ratios)))
+    walls = sorted(r[0] if r else float("inf") for r in ratios)
+    median = walls[len(walls) // 2] if len(walls) % 2 else 0.5 * sum(walls[len(walls) // 2 - 1:
+                                                                         len(walls) // 2 + 1])
+    ok = median <= 0.5
+    print(f"claim over {len(ratios)} seed(s): median wall-clock ratio {100 * median:.0f}% "
+          f"(target <= 50%): {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+def compare(args, seed, output):
+    """Train the points of one same-run comparison; print the table; return the best
+    WarmAdaBatch's (wall, CPU) time-to-target ratio to the baseline, or None."""
     base = recipe.TrainConfig(
         model=args.model, dataset="real_digits", epochs=args.epochs, batch_size=128,
-        learning_rate=1e-3, steps_per_execution=args.steps_per_execution, seed=args.seed,
+        learning_rate=1e-3, steps_per_execution=args.steps_per_execution, seed=seed,
         verbose=2)
-    rows = sweep.run_sweep(base, grids(args.scaled_warm_epochs, args.scaled_warm_batch_sizes),
-                           args.output)
+    rows = sweep.run_sweep(base, grids(args.scaled_warm_epochs, args.scaled_warm_batch_sizes,
+                                       args.claim_only), output)
     baseline = next(r for r in rows if policy_name(r) == "baseline")
     target = baseline["final_accuracy"] - TOLERANCE
     paper_base = PAPER["baseline"][1] * PAPER["baseline"][2]
@@ -151,7 +185,7 @@ def main(argv=None):
     verdicts = []
     for row in rows:
         name = policy_name(row)
-        wall, cpu, epoch = seconds_to_reach(os.path.join(args.output, "points", row["point"]),
+        wall, cpu, epoch = seconds_to_reach(os.path.join(output, "points", row["point"]),
                                             target)
         paper = PAPER.get(name) if "warm_epochs" not in row["point"] else None
         cells = [name, row["point"], f"{100 * row['best_accuracy']:.2f}%",
@@ -181,13 +215,13 @@ def main(argv=None):
           f"(FasTrCaps time {baseline['fastrcaps_seconds']:.0f} s)")
     if not verdicts:
         print("claim: no WarmAdaBatch configuration reached the target: FAIL")
-        return 1
+        return None
     wall_ratio, cpu_ratio, point = min(verdicts)
-    ok = wall_ratio <= 0.5
     print(f"claim: best WarmAdaBatch ({point}) reaches {100 * target:.2f}% in "
           f"{100 * wall_ratio:.0f}% of the baseline's wall-clock training time "
-          f"({100 * cpu_ratio:.0f}% of its CPU time); target <= 50%: {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+          f"({100 * cpu_ratio:.0f}% of its CPU time); target <= 50%: "
+          f"{'PASS' if wall_ratio <= 0.5 else 'FAIL'}")
+    return round(wall_ratio, 3), round(cpu_ratio, 3)
 
 
 if __name__ == "__main__":
