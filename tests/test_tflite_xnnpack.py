@@ -1,6 +1,4 @@
 """The int8 forms for XNNPACK (`kcaps_tflite.xnnpack_int8`): same numbers, delegated, TFLM-ready."""
-import functools
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,8 +6,8 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.interpreter import Interpreter
 from ai_edge_litert.tools import flatbuffer_utils
 
-from kcaps_tflite import convert, graph, micro, profile, verify, xnnpack_int8
-from tests.tflite_helpers import eval_images, flatbuffer, representative, trained_model
+from kcaps_tflite import graph, micro, profile, verify, xnnpack_int8
+from tests.tflite_helpers import eval_images, flatbuffer
 
 
 def numpy_conv(x, kernel, bias):
@@ -58,10 +56,8 @@ def _tensors(data, op_name):
     return obj, [op for op, c in zip(obj.subgraphs[0].operators, codes) if c == code]
 
 
-@functools.lru_cache(maxsize=None)
 def plain_int8():
-    return convert.convert(trained_model(), "int8", representative_data=representative(),
-                           xnnpack_forms=False)
+    return flatbuffer("int8", xnnpack_forms=False)
 
 
 @pytest.mark.slow
