@@ -11,6 +11,7 @@ never `training`.
 - `profile`: per-operator latency from LiteRT's profiler; the routing's share
 - `report`: comparison table and chart of a model's variants
 - `lce`: binary conversion of larq models and LCE's interpreter
+- `xnnpack_int8`: int8 forms that LiteRT's XNNPACK engine runs in int8 (first conv, matmuls)
 - `graph`, `float_islands`, `files`: what a flatbuffer holds, TFLite-Micro-ready int8, safe files
 
 Submodules load on first use, so the benchmark tool's child processes
@@ -20,7 +21,7 @@ otherwise count.
 import importlib
 
 __all__ = ["benchmark", "c_export", "convert", "files", "float_islands", "graph", "lce", "micro",
-           "profile", "report", "verify"]
+           "profile", "report", "verify", "xnnpack_int8"]
 
 
 def __getattr__(name):

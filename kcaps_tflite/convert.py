@@ -38,7 +38,7 @@ from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wra
 
 import kcaps  # noqa: F401  (registers the kcaps layers for loading; Keras 2)
 from kcaps.models import capsule_model
-from kcaps_tflite import files, float_islands
+from kcaps_tflite import files, float_islands, xnnpack_int8
 
 PRECISIONS = ("float32", "float16", "dynamic", "int8", "binary")
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -119,7 +119,8 @@ def _converter(model, precision, representative_data):
     return converter
 
 
-def convert(model, precision="float32", representative_data=None, micro_compatible=True):
+def convert(model, precision="float32", representative_data=None, micro_compatible=True,
+            xnnpack_forms=True):
     """Convert a Keras model (or the path of a saved one) to `.tflite` bytes.
 
     Args:
@@ -129,6 +130,9 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
         shape `(n, *input_shape)`; every image is one calibration step (about 200 are plenty).
       micro_compatible: for `int8`, compute in float the operators TFLite Micro has no int8
         kernel for (see `kcaps_tflite.float_islands`).
+      xnnpack_forms: for `int8`, trace few-channel convolutions on 2x2 pixel blocks and give
+        BATCH_MATMUL operands zero point 0, the forms XNNPACK runs in int8
+        (`kcaps_tflite.xnnpack_int8`); False gives the plain converter output.
     Returns:
       The flatbuffer as bytes.
     Raises:
@@ -145,6 +149,8 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
     if precision == "int8" and representative_data is None:
         raise ValueError("precision 'int8' needs representative_data: model inputs drawn from "
                          "the training data, shape (n, *input_shape)")
+    if precision == "int8" and xnnpack_forms:
+        model = xnnpack_int8.space_to_depth_convolutions(model)
     converter = _converter(model, precision, representative_data)
     try:
         flatbuffer = converter.convert()
@@ -153,6 +159,8 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
             raise
         raise ValueError(f"{model.name}: {precision} conversion with builtin ops only failed: "
                          f"{error}") from None
+    if precision == "int8" and xnnpack_forms:
+        flatbuffer = xnnpack_int8.symmetric_batch_matmul(flatbuffer)
     if precision == "int8" and micro_compatible:
         flatbuffer = float_islands.to_float(flatbuffer)
     return files.check_tflite_bytes(flatbuffer, f"{precision} converter output")

@@ -118,7 +118,9 @@ def _explain(log, source, arena_size, g):
                             f"{', '.join(sorted(set(missing)))}")
     node = re.search(r"Node (\w+) \(number (\d+)\) failed to (prepare|invoke)", text)
     short = re.search(r"Requested: (\d+), available (\d+), missing: (\d+)", text)
-    if short or "Failed starting model allocation" in text:
+    # The memory planner keeps its bookkeeping in the arena too: in a small arena it runs out of
+    # room for the buffer list ("Too many buffers (max is N)") before any tensor is placed.
+    if short or "Failed starting model allocation" in text or "Too many buffers" in text:
         detail = (f" (an allocation of {short.group(1)} bytes found {short.group(2)} free)"
                   if short else "")
         return ArenaTooSmallError(f"{source}: a tensor arena of {arena_size} bytes is too small"

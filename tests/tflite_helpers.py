@@ -35,9 +35,9 @@ def representative():
 
 
 @functools.lru_cache(maxsize=None)
-def flatbuffer(precision, micro_compatible=True):
+def flatbuffer(precision, micro_compatible=True, xnnpack_forms=True):
     return convert.convert(trained_model(), precision, representative_data=representative(),
-                           micro_compatible=micro_compatible)
+                           micro_compatible=micro_compatible, xnnpack_forms=xnnpack_forms)
 
 
 def write(tmp_path, precision, name=None):
