@@ -32,11 +32,12 @@ import os
 import pathlib
 
 import numpy as np
+
+import kcaps  # noqa: F401,I001  (first: it puts Keras 2 behind tf.keras; registers kcaps layers)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
-import kcaps  # noqa: F401  (registers the kcaps layers for loading; Keras 2)
 from kcaps.models import capsule_model
 from kcaps_tflite import files, float_islands, xnnpack_int8
 

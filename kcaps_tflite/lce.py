@@ -33,10 +33,11 @@ multiple of 32 input channels per group. So:
 import collections
 
 import numpy as np
+
+import kcaps  # noqa: F401,I001  (first: it puts Keras 2 behind tf.keras; registers kcaps layers)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-import kcaps
 from kcaps.models import capsule_model
 
 BINARY_OPS = ("LceBconv2d", "LceBMaxPool2d", "LceQuantize", "LceDequantize")

@@ -26,3 +26,12 @@ def test_tensorflow_imported_with_keras3_gives_a_clear_import_error():
     assert result.returncode != 0
     assert "ImportError" in result.stderr
     assert "TF_USE_LEGACY_KERAS=1" in result.stderr and "Import kcaps before TensorFlow" in result.stderr
+
+
+def test_deployment_modules_imported_first_select_keras2():
+    # kcaps_tflite loads its submodules lazily; each must import kcaps before TensorFlow, or a
+    # script that starts with `from kcaps_tflite import convert` loads models with Keras 3.
+    result = _python("from kcaps_tflite import convert, lce, xnnpack_int8; import tensorflow as tf; "
+                     "print(tf.keras.models.load_model.__module__)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1].startswith("tf_keras")
