@@ -12,6 +12,17 @@ gives every epoch its batch size and its right number of optimizer steps. The pi
 - `AdaptiveBatchSize`: the callback that sets the dataset's batch size for every epoch, writes
   `batch_size` into the logs (History, CSVLogger), and finds the right epoch again when
   `BackupAndRestore` resumes a run (from the optimizer's step count).
+- `fit_adaptive`: `model.fit` for any distribution strategy (see below).
+
+Under a distribution strategy one `model.fit` cannot change the batch size (checked on tf_keras
+2.21): Keras distributes the dataset once per `fit` (`strategy.experimental_distribute_dataset`,
+which freezes the batching it sees then) and, for distributed data, fixes the steps per epoch
+when `fit` starts; with a dataset of unknown cardinality (batching by a size read from a
+variable at run time) it keeps the first epoch's step count, so a later epoch with larger
+batches runs out of data and ends training. `fit_adaptive` therefore runs one `model.fit`
+without a strategy and, under a strategy, one `model.fit` per phase of constant batch size, with
+the same callbacks and `BackupAndRestore` resuming in any phase. Batch sizes are global (split
+across the replicas, like `model.fit`'s own), so each must be at least the number of replicas.
 
 >>> import kcaps, numpy as np, tensorflow as tf
 >>> schedule = kcaps.adaptive_batch.BatchSizeSchedule.warm(warm_epochs=3, warm_batch_size=1,
@@ -26,6 +37,7 @@ gives every epoch its batch size and its right number of optimizer steps. The pi
 >>> int(data.cardinality()), data.num_examples
 (100, 100)
 >>> # model.fit(data, epochs=10, callbacks=[callback])  -> 100 steps x 3 epochs, then 7 steps
+>>> # fit_adaptive(model, data, 10, [callback])  -> the same, under any distribution strategy
 """
 import bisect
 import math
@@ -91,6 +103,20 @@ class BatchSizeSchedule:
             start += self.steps_per_epoch(epoch, num_examples)
             epoch += 1
         return epoch
+
+    def check_replicas(self, replicas):
+        """Raise ValueError if a batch size is smaller than `replicas`.
+
+        Batch sizes are global: a distribution strategy splits each batch across its replicas,
+        and every replica needs at least one example per step. (Defining the warm batch per
+        replica instead would not be the paper's schedule: batch 1 on 8 replicas would be 8.)
+        """
+        for index, size in enumerate(self.batch_sizes):
+            if size < replicas:
+                raise ValueError(
+                    f"BatchSizeSchedule: `batch_sizes[{index}]` = {size} is smaller than the "
+                    f"{replicas} replicas of the distribution strategy; batch sizes are global "
+                    f"(split across the replicas), so each must be at least {replicas}")
 
     def get_config(self):
         return {"batch_sizes": list(self.batch_sizes), "boundaries": list(self.boundaries)}
@@ -170,8 +196,11 @@ class AdaptiveBatchSize(tf.keras.callbacks.Callback):
     it before `CSVLogger`) and keeps `params["steps"]` current for other callbacks. (Keras'
     progress bar reads the steps once, so with `verbose=1` its total is the first epoch's.)
 
-    Not for distribution strategies (it raises ValueError): a distributed dataset is built once,
-    with one batch size.
+    Under a distribution strategy one `model.fit` keeps the batching its data had when it started
+    (see the module doc): train through `fit_adaptive`, which runs one `fit` per batch size. A
+    plain `model.fit` under a strategy whose epochs need another size raises ValueError at the
+    first such epoch, and a batch size smaller than the number of replicas raises ValueError
+    when training begins.
 
     Args:
       schedule: a `BatchSizeSchedule`.
@@ -187,6 +216,7 @@ class AdaptiveBatchSize(tf.keras.callbacks.Callback):
             raise ValueError(f"AdaptiveBatchSize: `data` must be an AdaptiveBatchDataset, "
                              f"got {type(data).__name__}")
         self.schedule, self.data = schedule, data
+        self._distributed_batch_size = None
 
     def _set_epoch(self, epoch):
         self.data.batch_size = self.schedule.batch_size(epoch)
@@ -194,16 +224,23 @@ class AdaptiveBatchSize(tf.keras.callbacks.Callback):
             self.params["steps"] = self.schedule.steps_per_epoch(epoch, self.data.num_examples)
 
     def on_train_begin(self, logs=None):
-        if tf.distribute.has_strategy():  # fit runs callbacks inside the model's strategy scope
-            raise ValueError(
-                f"AdaptiveBatchSize: the batch size cannot change under the distribution strategy "
-                f"{type(tf.distribute.get_strategy()).__name__}: a distributed dataset is built "
-                f"once, with one batch size; train with a fixed batch size")
+        # fit runs callbacks inside the model's strategy scope (none: the default strategy)
+        self._distributed_batch_size = None
+        if tf.distribute.has_strategy():
+            self.schedule.check_replicas(self.model.distribute_strategy.num_replicas_in_sync)
+            self._distributed_batch_size = self.data.batch_size  # what this fit distributed
         step = int(self.model.optimizer.iterations.numpy())
         self._set_epoch(self.schedule.epoch_at_step(step, self.data.num_examples))
 
     def on_epoch_begin(self, epoch, logs=None):
         expected = self.schedule.batch_size(epoch)
+        if self._distributed_batch_size not in (None, expected):
+            raise ValueError(
+                f"AdaptiveBatchSize: epoch {epoch} should train with batch size {expected}, but "
+                f"under the distribution strategy "
+                f"{type(self.model.distribute_strategy).__name__} this model.fit distributed "
+                f"its data once, in batches of {self._distributed_batch_size}; train with "
+                f"kcaps.adaptive_batch.fit_adaptive (one model.fit per batch size)")
         if self.data.batch_size != expected:
             raise ValueError(
                 f"AdaptiveBatchSize: epoch {epoch} should train with batch size {expected} but "
@@ -213,5 +250,94 @@ class AdaptiveBatchSize(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["batch_size"] = self.data.batch_size
+            logs["batch_size"] = self.schedule.batch_size(epoch)
         self._set_epoch(epoch + 1)
+
+
+class _DeleteBackupWhenStopped(tf.keras.callbacks.Callback):
+    """Gives `BackupAndRestore` its own `delete_checkpoint` back when a callback stops training
+    (as one `fit` would delete the backup then); runs last, after `EarlyStopping` and the like."""
+
+    def __init__(self, backups, delete):
+        super().__init__()
+        self.backups, self.delete = backups, delete
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:
+            for backup, delete in zip(self.backups, self.delete):
+                backup.delete_checkpoint = delete
+
+
+def fit_adaptive(model, data, epochs, callbacks=(), initial_epoch=0, **fit_kwargs):
+    """`model.fit(data, ...)` with an adaptive batch size, with or without a distribution strategy.
+
+    Without a strategy this is exactly one `model.fit(data, epochs=epochs, callbacks=callbacks,
+    initial_epoch=initial_epoch, **fit_kwargs)`.
+
+    Under a strategy (the model built in its scope) one `fit` cannot change the batch size (see
+    the module doc), so this runs one `model.fit` per phase of the schedule: `initial_epoch` the
+    phase's first epoch and `epochs` the next phase's first (or `epochs`), the data batched at the
+    phase's size, the same callbacks. Epoch numbers, the optimizer's step count, the learning-rate
+    schedule, CSVLogger's file and TensorBoard's steps carry on across phases as in one `fit`;
+    callbacks see one `on_train_begin`/`on_train_end` per phase (so `EarlyStopping`'s patience
+    restarts at a switch), and a callback that stops training ends the run. `BackupAndRestore`
+    keeps its backup until the last phase ends (its `delete_checkpoint` is off for the others):
+    every phase's `fit` restores it first, so a run interrupted in any phase resumes at the epoch
+    after the last finished one, and the phases that the backup has passed run no epoch.
+    One difference from one `fit`: Keras' `fit` opens one unused iterator before its first
+    epoch's, so over a dataset that reshuffles every iteration each further phase draws one more
+    permutation; epochs after a switch see other (equally fresh) orders than a one-`fit` run.
+
+    Args:
+      model: a compiled model.
+      data: the `AdaptiveBatchDataset` to train on.
+      epochs: the epoch to end at, as in `model.fit`.
+      callbacks: the fit's callbacks, with the one `AdaptiveBatchSize` of `data`.
+      initial_epoch: as in `model.fit`.
+      **fit_kwargs: anything else `model.fit` takes (`validation_data`, `verbose`, ...).
+
+    Returns:
+      A `History` of all epochs (also `model.history`).
+
+    Raises:
+      ValueError: no `AdaptiveBatchSize` of `data` among `callbacks`, or a batch size smaller
+        than the strategy's number of replicas.
+    """
+    callbacks = list(callbacks)
+    adaptive = [c for c in callbacks if isinstance(c, AdaptiveBatchSize) and c.data is data]
+    if len(adaptive) != 1:
+        raise ValueError(f"fit_adaptive: `callbacks` must hold one AdaptiveBatchSize of `data`, "
+                         f"found {len(adaptive)}")
+    strategy = model.distribute_strategy
+    with strategy.scope():
+        distributed = tf.distribute.has_strategy()  # False for the default strategy
+    if not distributed:
+        return model.fit(data, epochs=epochs, callbacks=callbacks, initial_epoch=initial_epoch,
+                         **fit_kwargs)
+    schedule = adaptive[0].schedule
+    schedule.check_replicas(strategy.num_replicas_in_sync)
+    starts = [initial_epoch, *(b for b in schedule.boundaries if initial_epoch < b < epochs)]
+    backups = [c for c in callbacks if isinstance(c, tf.keras.callbacks.BackupAndRestore)]
+    delete = [backup.delete_checkpoint for backup in backups]
+    callbacks.append(_DeleteBackupWhenStopped(backups, delete))
+    history = tf.keras.callbacks.History()
+    history.set_model(model)
+    history.epoch = []
+    try:
+        for start, end in zip(starts, [*starts[1:], epochs]):
+            for backup, keep_deleting in zip(backups, delete):
+                backup.delete_checkpoint = keep_deleting and end == epochs
+            data.batch_size = schedule.batch_size(start)  # what this fit distributes
+            phase = model.fit(data, epochs=end, initial_epoch=start, callbacks=callbacks,
+                              **fit_kwargs)
+            history.epoch.extend(phase.epoch)
+            for key, values in phase.history.items():
+                history.history.setdefault(key, []).extend(values)
+            history.set_params(phase.params)
+            if model.stop_training:
+                break
+    finally:
+        for backup, keep_deleting in zip(backups, delete):
+            backup.delete_checkpoint = keep_deleting
+    model.history = history
+    return history

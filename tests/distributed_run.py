@@ -1,10 +1,12 @@
 """Training runs under tf.distribute, started as subprocesses by tests/test_distribute.py.
 
     python tests/distributed_run.py compare OUT.json       # default vs mirrored on 2 logical CPUs
+    python tests/distributed_run.py adabatch OUT.json      # WarmAdaBatch, default vs mirrored
     python tests/distributed_run.py worker OUT.npz OUTDIR   # one multi-worker worker (TF_CONFIG set)
     python tests/distributed_run.py callbacks OUT.json      # kcaps callbacks under mirrored, 2 CPUs
     python tests/distributed_run.py resume OUT.json first|second  # crash, then resume, mirrored
 """
+import dataclasses
 import json
 import os
 import sys
@@ -45,10 +47,81 @@ def compare(result_path):
                    for name, run in runs.items()}, f)
 
 
+def warm_adabatch(out, strategy, epochs=3, warm_epochs=2):
+    """WarmAdaBatch: batch 32 for `warm_epochs` epochs, then 128 (16 then 4 steps of 512)."""
+    return recipe.TrainConfig(epochs=epochs, max_shift=0, output_dir=out, strategy=strategy,
+                              verbose=0, lr_policy="warm_adabatch", batch_policy="adabatch",
+                              warm_epochs=warm_epochs, warm_batch_size=32, adabatch_size=128)
+
+
+class StepCounter(tf.keras.callbacks.Callback):
+    """The optimizer's step count at the end of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(int(self.model.optimizer.iterations.numpy()))
+
+
+class ExtraIteratorAt(tf.keras.callbacks.Callback):
+    """Opens one unused iterator over `data` at the end of `epoch`, as the second `model.fit` of
+    `fit_adaptive` does under a strategy (Keras' fit opens one before its first epoch's), so a
+    one-device run draws the same shuffle permutations as the two-phase strategy run."""
+
+    def __init__(self, data, epoch):
+        super().__init__()
+        self.data, self.epoch = data, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            iter(self.data)
+
+
+def adaptive_fit(strategy, data, one_device_reference=False):
+    """kcaps-level WarmAdaBatch fit: 2 epochs at batch 32, 1 at 128, shuffled, no augmentation."""
+    tf.keras.utils.set_random_seed(0)
+    lr, batches = kcaps.policies.warm_adabatch(len(data.x_train), epochs=3, warm_epochs=2,
+                                               warm_batch_size=32, batch_size=128)
+    train = kcaps.adaptive_batch.AdaptiveBatchDataset(
+        datasets.examples(data.x_train, data.y_train, shuffle=True), 32)
+    with strategy.scope():
+        model = kcaps.models.small_capsnet(data.input_shape, 10)
+        model.compile(tf.keras.optimizers.Adam(lr))
+    counter = StepCounter()
+    callbacks = [kcaps.adaptive_batch.AdaptiveBatchSize(batches, train), counter]
+    if one_device_reference:
+        callbacks.append(ExtraIteratorAt(train, epoch=1))
+    history = kcaps.adaptive_batch.fit_adaptive(model, train, 3, callbacks, verbose=0).history
+    return {"loss": history["loss"], "batch_size": history["batch_size"], "steps": counter.steps,
+            "replicas": strategy.num_replicas_in_sync}
+
+
+def adabatch(result_path):
+    distribute.split_cpu(2)
+    data = small_data()
+    result = {"default": adaptive_fit(distribute.make_strategy("default"), data, True),
+              "mirrored": adaptive_fit(distribute.make_strategy("mirrored"), data)}
+    base = os.path.dirname(result_path)  # the paper's warm batch 1 on 2 replicas
+    too_small = dataclasses.replace(warm_adabatch(os.path.join(base, "small"), "mirrored"),
+                                    warm_batch_size=1)
+    try:
+        recipe.train(too_small, data=data)
+    except ValueError as error:
+        result["error"] = str(error)
+        result["started"] = os.path.exists(os.path.join(base, "small", "config.json"))
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
 def worker(weights_path, output_dir):
     distribute.make_strategy("multiworker")  # before any TensorFlow op, as TensorFlow requires
-    result = recipe.train(config(output_dir, "multiworker", epochs=2), data=small_data())
-    np.savez(weights_path, *result.model.get_weights(), replicas=result.metrics["replicas"])
+    counter = StepCounter()
+    result = recipe.train(warm_adabatch(output_dir, "multiworker", epochs=2, warm_epochs=1),
+                          [counter], data=small_data())
+    np.savez(weights_path, *result.model.get_weights(), replicas=result.metrics["replicas"],
+             batch_size=result.history["batch_size"], steps=counter.steps)
 
 
 def callbacks(result_path):
@@ -86,24 +159,31 @@ def callbacks(result_path):
 
 
 def resume(result_path, phase):
-    """`first`: crash after epoch 1; `second`: a new process resumes (as after a real crash)."""
+    """`first`: crash after epoch 2, the first of batch 128 (the backup must outlive the batch-32
+    phase's fit); `second`: a new process resumes (as after a real crash)."""
     distribute.split_cpu(2)
     out = os.path.join(os.path.dirname(result_path), "resume")
-    config = recipe.TrainConfig(epochs=3, batch_size=64, max_shift=0, output_dir=out,
-                                strategy="mirrored", lr_policy="warm_restarts", verbose=0)
+    config = warm_adabatch(out, "mirrored", epochs=4, warm_epochs=2)
     if phase == "first":
         try:
-            recipe.train(config, callbacks=[StopAfter(0)], data=small_data())
+            recipe.train(config, callbacks=[StopAfter(2)], data=small_data())
         except Interrupt:
             return
         raise AssertionError("the interrupting callback did not stop training")
-    resumed = recipe.train(config, data=small_data())
+    counter = StepCounter()
+    resumed = recipe.train(config, [counter], data=small_data())
     with open(os.path.join(out, "log.csv")) as f:
-        csv_epochs = [int(line.split(",")[0]) for line in f.readlines()[1:]]
+        rows = [line.strip().split(",") for line in f.readlines()]
+    column = {name: [row[i] for row in rows[1:]] for i, name in enumerate(rows[0])}
     with open(result_path, "w") as f:
         json.dump({"epochs": len(resumed.history["loss"]), "lr": resumed.history["lr"],
-                   "csv_epochs": csv_epochs, "replicas": resumed.metrics["replicas"]}, f)
+                   "batch_size": resumed.history["batch_size"], "steps": counter.steps,
+                   "csv_epochs": [int(e) for e in column["epoch"]],
+                   "csv_batch_size": [int(float(b)) for b in column["batch_size"]],
+                   "backup_left": os.path.exists(os.path.join(out, "backup", "chief")),
+                   "replicas": resumed.metrics["replicas"]}, f)
 
 
 if __name__ == "__main__":
-    {"compare": compare, "worker": worker, "callbacks": callbacks, "resume": resume}[sys.argv[1]](*sys.argv[2:])
+    {"compare": compare, "adabatch": adabatch, "worker": worker, "callbacks": callbacks,
+     "resume": resume}[sys.argv[1]](*sys.argv[2:])

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import kcaps
 from conftest import ROOT
-from training import cli, distribute
+from training import cli, distribute, fast_training
 from training import train as recipe
 
 SCRIPT = str(ROOT / "tests" / "distributed_run.py")
@@ -62,11 +62,15 @@ def test_unknown_precision_lists_valid_ones():
         recipe.TrainConfig(precision="int4")
 
 
-def test_adaptive_batch_under_a_strategy_is_rejected_before_training():
-    with pytest.raises(ValueError, match="`batch_policy` cannot change the batch size under "
-                                         "strategy 'mirrored'"):
-        recipe.TrainConfig(strategy="mirrored", batch_policy="adabatch")
-    recipe.TrainConfig(strategy="mirrored", lr_policy="warm_adabatch")  # the LR policy alone is fine
+def test_adaptive_batch_is_accepted_under_a_strategy_if_replicas_get_examples():
+    config = recipe.TrainConfig(strategy="mirrored", batch_policy="adabatch", warm_batch_size=2)
+    fast_training.check_replicas(config, 2)
+    with pytest.raises(ValueError, match=r"`warm_batch_size` \(2\) is smaller than the 4 replicas "
+                                         r"of strategy 'mirrored'"):
+        fast_training.check_replicas(config, 4)
+    fixed = recipe.TrainConfig(strategy="mirrored", batch_size=2)
+    with pytest.raises(ValueError, match=r"`batch_size` \(2\) is smaller than the 3 replicas"):
+        fast_training.check_replicas(fixed, 3)
 
 
 @pytest.mark.slow
@@ -77,6 +81,22 @@ def test_mirrored_on_two_cpu_devices_follows_the_single_device_loss(tmp_path):
     assert runs["default"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
     np.testing.assert_allclose(runs["mirrored"]["loss"], runs["default"]["loss"], rtol=1e-3)
     assert runs["default"]["loss"][-1] < runs["default"]["loss"][0]
+
+
+@pytest.mark.slow
+def test_warm_adabatch_under_mirrored_switches_batch_size_and_follows_one_device(tmp_path):
+    result = tmp_path / "result.json"
+    _run_script("adabatch", result)
+    runs = json.loads(result.read_text())
+    assert runs["mirrored"]["replicas"] == 2
+    for name in ("default", "mirrored"):
+        assert runs[name]["batch_size"] == [32, 32, 128], name
+        assert runs[name]["steps"] == [16, 32, 36], name  # 512 examples: 16, 16, then 4 steps
+    np.testing.assert_allclose(runs["mirrored"]["loss"], runs["default"]["loss"], rtol=1e-3)
+    # the paper's warm batch 1 cannot be split over 2 replicas: refused before training starts
+    assert "`warm_batch_size` (1) is smaller than the 2 replicas of strategy 'mirrored'" in \
+        runs["error"]
+    assert not runs["started"]
 
 
 def _free_ports(n):
@@ -90,7 +110,7 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-def test_two_local_workers_train_and_agree_on_the_weights(tmp_path):
+def test_two_local_workers_train_warm_adabatch_and_agree_on_the_weights(tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     procs = []
     for index in range(2):
@@ -112,7 +132,9 @@ def test_two_local_workers_train_and_agree_on_the_weights(tmp_path):
         assert proc.returncode == 0, err[-3000:]
     w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     assert int(w0["replicas"]) == 2
-    arrays = [k for k in w0.files if k != "replicas"]
+    for w in (w0, w1):  # WarmAdaBatch: global batch 32, then 128 (16 then 4 steps of 512)
+        assert list(w["batch_size"]) == [32, 128] and list(w["steps"]) == [16, 20]
+    arrays = [k for k in w0.files if k not in ("replicas", "batch_size", "steps")]
     assert arrays and all(np.array_equal(w0[k], w1[k]) for k in arrays)
     assert (tmp_path / "run" / "model.keras").is_file()  # the chief wrote the outputs
     assert (tmp_path / "run" / "metrics.json").is_file()
@@ -163,12 +185,18 @@ def test_kcaps_callbacks_and_resume_under_mirrored_strategy(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_mirrored_run_resumes_in_a_new_process(tmp_path):
+def test_an_interrupted_mirrored_warm_adabatch_run_resumes_in_a_new_process(tmp_path):
     result_path = tmp_path / "result.json"
     for phase in ("first", "second"):
         _run_script("resume", result_path, phase)
     result = json.loads(result_path.read_text())
     assert result["replicas"] == 2
-    assert result["epochs"] == 2  # epochs 2 and 3 only: epoch 1 came from BackupAndRestore
-    assert result["csv_epochs"] == [0, 1, 2]
-    assert len(result["lr"]) == 2 and result["lr"][0] > 0  # the warm-restarts LR policy
+    # crashed after epoch 3 (the first of batch 128): only epoch 4 runs, at batch 128
+    assert result["epochs"] == 1 and result["batch_size"] == [128]
+    assert result["csv_epochs"] == [0, 1, 2, 3]
+    assert result["csv_batch_size"] == [32, 32, 128, 128]
+    assert result["steps"] == [16 + 16 + 4 + 4]
+    lr, _ = kcaps.policies.warm_adabatch(512, epochs=4, warm_epochs=2, warm_batch_size=32,
+                                         batch_size=128)
+    assert result["lr"] == pytest.approx([float(lr(36))], rel=1e-5)  # the schedule at step 36
+    assert not result["backup_left"]  # the finished run deleted its backup

@@ -182,15 +182,82 @@ def test_batch_size_and_learning_rate_change_inside_one_fit():
     assert history["lr"][2] == pytest.approx(1e-3)  # the restart at the batch switch
 
 
-def test_adaptive_batch_refuses_a_distribution_strategy():
-    data = _tiny_digits(8, 4)
-    train = AdaptiveBatchDataset(_examples(data.x_train, data.y_train), 4)
-    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
-        model = kcaps.models.small_capsnet()
-        model.compile("adam")
-    with pytest.raises(ValueError, match="cannot change under the distribution strategy"):
-        model.fit(train, epochs=1, verbose=0,
-                  callbacks=[AdaptiveBatchSize(BatchSizeSchedule([4]), train)])
+def _regression(strategy, weights=None):
+    with strategy.scope():
+        model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(1)])
+        model.compile(tf.keras.optimizers.SGD(0.1), "mse")
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+class _Steps(tf.keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.steps = getattr(self, "steps", [])
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(int(self.model.optimizer.iterations.numpy()))
+
+
+def _regression_examples():
+    rng = np.random.default_rng(0)
+    return _examples(rng.normal(size=(24, 3)).astype(np.float32),
+                     rng.normal(size=(24, 1)).astype(np.float32))
+
+
+@pytest.mark.slow
+def test_fit_adaptive_switches_the_batch_size_under_a_strategy():
+    # one replica in-process (tests/test_distribute.py runs two); no shuffling: same batches
+    batches = BatchSizeSchedule([4, 12], [2])
+    runs = {}
+    for name, strategy in (("default", tf.distribute.get_strategy()),
+                           ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0"]))):
+        model = _regression(strategy, runs["default"][2] if runs else None)
+        initial = model.get_weights()
+        data, steps = AdaptiveBatchDataset(_regression_examples(), 4), _Steps()
+        history = kcaps.adaptive_batch.fit_adaptive(
+            model, data, 4, [AdaptiveBatchSize(batches, data), steps], verbose=0)
+        assert history.epoch == [0, 1, 2, 3] and model.history is history
+        runs[name] = (history.history, steps.steps, initial, model.get_weights())
+    for history, steps, _, _ in runs.values():
+        assert history["batch_size"] == [4, 4, 12, 12]
+        assert steps == [6, 12, 14, 16]  # 24 examples: 6 steps of 4, then 2 of 12
+    np.testing.assert_allclose(runs["mirrored"][0]["loss"], runs["default"][0]["loss"], rtol=1e-5)
+    for mirrored, default in zip(runs["mirrored"][3], runs["default"][3]):
+        np.testing.assert_allclose(mirrored, default, rtol=1e-5, atol=1e-6)
+
+
+def test_one_fit_under_a_strategy_cannot_switch_the_batch_size():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    data = AdaptiveBatchDataset(_regression_examples(), 12)
+    callback = AdaptiveBatchSize(BatchSizeSchedule([12, 24], [1]), data)
+    with pytest.raises(ValueError, match="this model.fit distributed its data once, in batches "
+                                         "of 12; train with kcaps.adaptive_batch.fit_adaptive"):
+        _regression(strategy).fit(data, epochs=2, verbose=0, callbacks=[callback])
+    with pytest.raises(ValueError, match="one AdaptiveBatchSize of `data`, found 0"):
+        kcaps.adaptive_batch.fit_adaptive(_regression(strategy), data, 2, [])
+
+
+def test_batch_sizes_must_cover_the_replicas():
+    BatchSizeSchedule([2, 16], [3]).check_replicas(2)
+    with pytest.raises(ValueError, match=r"`batch_sizes\[0\]` = 1 is smaller than the 2 replicas"):
+        BatchSizeSchedule.warm(3, 1, 16).check_replicas(2)
+
+
+@pytest.mark.slow
+def test_fit_adaptive_under_a_strategy_deletes_the_backup_when_a_callback_stops(tmp_path):
+    class StopNow(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    model = _regression(tf.distribute.MirroredStrategy(["/cpu:0"]))
+    data = AdaptiveBatchDataset(_regression_examples(), 4)
+    backup = tf.keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    history = kcaps.adaptive_batch.fit_adaptive(model, data, 4, [
+        backup, AdaptiveBatchSize(BatchSizeSchedule([4, 12], [2]), data), StopNow()], verbose=0)
+    assert history.epoch == [0]  # stopped in the first batch phase: no second fit
+    assert backup.delete_checkpoint  # given back after the phases
+    assert not any((tmp_path / "backup").rglob("checkpoint"))
 
 
 @pytest.mark.slow

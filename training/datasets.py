@@ -150,6 +150,11 @@ def examples(x, y, shuffle=False, max_shift=0, seed=0):
 def pipeline(x, y, batch_size, shuffle=False, max_shift=0, seed=0):
     """A batched `tf.data.Dataset` of `(images, labels)`, optionally shuffled and shifted."""
     data = examples(x, y, shuffle=shuffle, max_shift=max_shift, seed=seed)
-    options = tf.data.Options()  # in-memory data: multi-worker training shards by element
+    return shard_by_element(data.batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def shard_by_element(data):
+    """`data` with multi-worker auto-sharding by element (in-memory data has no files to shard)."""
+    options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return data.with_options(options)

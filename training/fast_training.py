@@ -9,7 +9,10 @@ plan is the recipe's own: Adam at `learning_rate`, decayed by `lr_decay` every e
   optimizer (saved and restored with it) and a `LearningRateLogger` (`lr`, `lr_end` per epoch);
 - `batch_policy="adabatch"`: an `AdaptiveBatchDataset` over the same shuffled, shifted examples
   as the recipe's `tf.data` pipeline, and an `AdaptiveBatchSize` callback (`batch_size` per
-  epoch): `warm_batch_size` for `warm_epochs`, then `adabatch_size`.
+  epoch): `warm_batch_size` for `warm_epochs`, then `adabatch_size`. It trains through
+  `kcaps.adaptive_batch.fit_adaptive`: one `model.fit`, or under a distribution strategy one per
+  batch size (Keras distributes a dataset once per `fit`). Batch sizes are global, so under a
+  strategy each must be at least the number of replicas (`check_replicas`).
 
 WarmAdaBatch is `lr_policy="warm_adabatch", batch_policy="adabatch"` (the defaults of the other
 fields are the paper's: batch 1 for 3 epochs, then 16). `steps_per_execution` runs several
@@ -39,6 +42,12 @@ class Plan:
     schedule_callbacks: list  # before BackupAndRestore
     data_callbacks: list  # after BackupAndRestore, before CSVLogger
 
+    def fit(self, model, **fit_kwargs):
+        """`model.fit` on `train_data`; adabatch through `fit_adaptive` (any strategy)."""
+        if isinstance(self.train_data, adaptive_batch.AdaptiveBatchDataset):
+            return adaptive_batch.fit_adaptive(model, self.train_data, **fit_kwargs)
+        return model.fit(self.train_data, **fit_kwargs)
+
 
 def parse_weight_sharing(value):
     """`None`/"none" -> None, "type"/"position" as is, an int (or its digits) -> int."""
@@ -58,10 +67,6 @@ def check(config):
         fail("lr_policy", f"must be one of {', '.join(LR_POLICIES)}")
     if config.batch_policy not in BATCH_POLICIES:
         fail("batch_policy", f"must be one of {', '.join(BATCH_POLICIES)}")
-    if config.batch_policy != "fixed" and config.strategy != "default":
-        # Keras distributes a dataset once per fit, with one batch size (kcaps.adaptive_batch)
-        fail("batch_policy", f"cannot change the batch size under strategy {config.strategy!r} "
-                             f"(use batch_policy='fixed'; the learning-rate policies all work)")
     for field in ("warm_epochs", "warm_batch_size", "adabatch_size", "steps_per_execution"):
         value = getattr(config, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -80,6 +85,23 @@ def check(config):
         fail("decoder", "must be None (the model's default), False, True or 'small'")
     if config.squash not in kcaps.ops.SQUASH_FUNCTIONS:
         fail("squash", f"must be one of {', '.join(kcaps.ops.SQUASH_FUNCTIONS)}")
+
+
+def check_replicas(config, replicas):
+    """Raise ValueError naming the field if a training batch is smaller than `replicas`.
+
+    Batch sizes are global (split across the replicas, as `model.fit` does): each replica needs
+    at least one example per step. Called once the strategy is made, before any training.
+    """
+    fields = ("batch_size",) if config.batch_policy == "fixed" else (
+        "warm_batch_size", "adabatch_size")
+    for field in fields:
+        value = getattr(config, field)
+        if value < replicas:
+            raise ValueError(
+                f"TrainConfig: `{field}` ({value}) is smaller than the {replicas} replicas of "
+                f"strategy {config.strategy!r}; batch sizes are global (split across the "
+                f"replicas), so it must be at least {replicas}")
 
 
 def model_options(config):
@@ -120,9 +142,9 @@ def plan(config, data):
         train_data = datasets.pipeline(data.x_train, data.y_train, config.batch_size, shuffle=True,
                                        max_shift=config.max_shift, seed=config.seed)
         return Plan(learning_rate, train_data, schedule_callbacks, [])
-    train_data = adaptive_batch.AdaptiveBatchDataset(
+    train_data = adaptive_batch.AdaptiveBatchDataset(datasets.shard_by_element(
         datasets.examples(data.x_train, data.y_train, shuffle=True, max_shift=config.max_shift,
-                          seed=config.seed), batches.batch_size(0))
+                          seed=config.seed)), batches.batch_size(0))
     return Plan(learning_rate, train_data, schedule_callbacks,
                 [adaptive_batch.AdaptiveBatchSize(batches, train_data)])
 

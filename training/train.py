@@ -14,8 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import kcaps
-from training import datasets, distribute, plots
-from training import datasets, fast_training, plots
+from training import datasets, distribute, fast_training, plots
 
 
 @dataclasses.dataclass
@@ -95,6 +94,7 @@ def train(config, callbacks=(), data=None):
     if config.precision != "float32":
         distribute.set_precision(config.precision)
     strategy = distribute.make_strategy(config.strategy)
+    fast_training.check_replicas(config, strategy.num_replicas_in_sync)
     out = distribute.worker_output_dir(config.output_dir, strategy)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "config.json"), dataclasses.asdict(config))
@@ -107,8 +107,8 @@ def train(config, callbacks=(), data=None):
                       steps_per_execution=config.steps_per_execution)
 
     test_data = datasets.pipeline(data.x_test, data.y_test, config.batch_size)
-    history = model.fit(
-        plan.train_data, validation_data=test_data, epochs=config.epochs, verbose=config.verbose,
+    history = plan.fit(  # one model.fit (adabatch under a strategy: one per batch size)
+        model, validation_data=test_data, epochs=config.epochs, verbose=config.verbose,
         callbacks=[
             kcaps.callbacks.EpochTimer(),
             *plan.schedule_callbacks,
