@@ -79,7 +79,7 @@ def main(argv=None):
                                      num_runs=num_runs, warmup_runs=10, seed=args.seed)
         d = deploy.deploy(path, data, out, config, name=model)
         paths = {p: d["conversions"][p]["file"] for p in ("float32", "int8")}
-        plain = convert.convert(path, "int8", representative_data=deploy._sample(
+        plain = convert.convert(path, "int8", representative_data=deploy.calibration_sample(
             data.x_train, config.calibration_samples, config.seed), xnnpack_forms=False)
         paths["int8 plain"] = convert.save(plain, out / "tflite" / f"{model}_int8_plain.tflite")
         plain_accuracy = float(np.mean(verify.predict(plain, data.x_test).argmax(-1) == data.y_test))

@@ -23,6 +23,7 @@ within 0.3 percentage point in at most half the baseline's training time; with s
 """
 import argparse
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -147,9 +148,7 @@ def main(argv=None):
     if len(ratios) > 1:
         print("\nper seed (wall, CPU ratio to the baseline's run; None = target never reached): "
               + ", ".join(f"seed {s}: {r}" for s, r in zip(args.seeds, ratios)))
-    walls = sorted(r[0] if r else float("inf") for r in ratios)
-    median = walls[len(walls) // 2] if len(walls) % 2 else 0.5 * sum(walls[len(walls) // 2 - 1:
-                                                                         len(walls) // 2 + 1])
+    median = statistics.median(r[0] if r else float("inf") for r in ratios)
     ok = median <= 0.5
     print(f"claim over {len(ratios)} seed(s): median wall-clock ratio {100 * median:.0f}% "
           f"(target <= 50%): {'PASS' if ok else 'FAIL'}")

@@ -56,7 +56,8 @@ class DeployConfig:
                                  f"{', '.join(micro.TARGETS)}")
 
 
-def _sample(x, count, seed):
+def calibration_sample(x, count, seed):
+    """The `count` training images (seeded) that `deploy` calibrates int8 with; all if fewer."""
     if count >= len(x):
         return x
     return x[np.random.default_rng(seed).choice(len(x), count, replace=False)]
@@ -83,7 +84,7 @@ def deploy(model, data, output_dir, config=None, name=None, log=print):
     x_eval, y_eval = data.x_test, data.y_test
     if config.verify_samples is not None:
         x_eval, y_eval = x_eval[:config.verify_samples], y_eval[:config.verify_samples]
-    representative = _sample(data.x_train, config.calibration_samples, config.seed)
+    representative = calibration_sample(data.x_train, config.calibration_samples, config.seed)
     keras_scores = keras_model.predict(x_eval, batch_size=256, verbose=0)
     start = time.perf_counter()
 

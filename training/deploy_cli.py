@@ -26,7 +26,7 @@ def _add_data_arguments(parser):
 def cmd_convert(args):
     data = datasets.load(args.dataset, args.data_dir)
     model = convert.inference_model(args.model)
-    representative = deploy._sample(data.x_train, args.calibration_samples, args.seed)
+    representative = deploy.calibration_sample(data.x_train, args.calibration_samples, args.seed)
     flatbuffer = convert.convert(model, args.precision, representative_data=representative)
     x, y = data.x_test[:args.verify_samples], data.y_test[:args.verify_samples]
     check = verify.verify(model, flatbuffer, x, y, precision=args.precision,
