@@ -2,6 +2,7 @@
 
     python benchmarks/binary_heads.py [--backbone cnn] [--epochs 3]                # real digits
     python benchmarks/binary_heads.py --multimnist [--epochs 3] [--train-samples 4000]
+    python benchmarks/binary_heads.py --heads dynamic,xnodr --epochs 20     # a subset of heads
 
 Trains `backbone_capsnet(backbone, head)` for head in dynamic, xnodr, xnidr with one recipe
 (`training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, margin loss,
@@ -42,13 +43,18 @@ def main(argv=None):
     parser.add_argument("--train-samples", type=int, default=None,
                         help="first N training digits only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", default=",".join(HEADS),
+                        help="comma-separated heads; the gap is measured against dynamic")
     args = parser.parse_args(argv)
+    heads = tuple(args.heads.split(","))
+    if "dynamic" not in heads or not set(heads) <= set(HEADS):
+        parser.error(f"--heads must list dynamic and any of {', '.join(HEADS)}, got {args.heads!r}")
 
     data = datasets.load_real_digits()
     if args.train_samples:
         data.x_train, data.y_train = data.x_train[:args.train_samples], data.y_train[:args.train_samples]
     print(data.describe() + (" -> MultiMNIST, 1 pair per digit" if args.multimnist else ""))
-    rows = head_report.head_report([args.backbone], HEADS, data=data, multimnist=args.multimnist,
+    rows = head_report.head_report([args.backbone], heads, data=data, multimnist=args.multimnist,
                                    epochs=args.epochs, seed=args.seed, verbose=2, bn_momentum=0.9)
     input_shape = (36, 36, 1) if args.multimnist else data.input_shape
     for row in rows:
