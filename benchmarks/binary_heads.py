@@ -46,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--heads", default=",".join(HEADS),
                         help="comma-separated heads; the gap is measured against dynamic")
     args = parser.parse_args(argv)
-    heads = tuple(args.heads.split(","))
+    heads = head_report.parse_names(args.heads)
     if "dynamic" not in heads or not set(heads) <= set(HEADS):
         parser.error(f"--heads must list dynamic and any of {', '.join(HEADS)}, got {args.heads!r}")
 

@@ -115,7 +115,8 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def _names(text):
+def parse_names(text):
+    """"a, b,c" -> ("a", "b", "c"): the comma-separated lists of `kcaps heads` and the benchmarks."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
@@ -136,7 +137,7 @@ def cmd_heads(args):
     elif args.multimnist:
         raise ValueError("--multimnist needs --dataset (the MNIST-format source of the digits)")
     rows = head_report(
-        _names(args.backbones), _names(args.heads), _shape(args.input_shape), args.classes, data,
+        parse_names(args.backbones), parse_names(args.heads), _shape(args.input_shape), args.classes, data,
         multimnist=args.multimnist, epochs=args.epochs, seed=args.seed, verbose=args.verbose,
         upsample=args.upsample, bn_momentum=args.bn_momentum,
         routing_iterations=args.routing_iterations)
