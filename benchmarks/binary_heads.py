@@ -2,7 +2,7 @@
 
     python benchmarks/binary_heads.py [--backbone cnn] [--epochs 3]                # real digits
     python benchmarks/binary_heads.py --multimnist [--epochs 3] [--train-samples 4000]
-    python benchmarks/binary_heads.py --heads dynamic,xnodr --epochs 20     # a subset of heads
+    python benchmarks/binary_heads.py --heads xnodr,dynamic --epochs 30     # a subset of heads
 
 Trains `backbone_capsnet(backbone, head)` for head in dynamic, xnodr, xnidr with one recipe
 (`training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, margin loss,
