@@ -8,7 +8,11 @@
 - `MicroInterpreter`: a model running in TFLite Micro with a given arena; `predict(x)` quantizes
   float inputs with the model's own parameters and dequantizes the outputs.
 - `check_budget(flash, arena, target)`: against named microcontroller classes (`TARGETS`).
-- `analyze(model, x)`: all of the above plus top-1 agreement with LiteRT on real inputs.
+- `analyze(model, x)`: all of the above plus top-1 agreement with LiteRT on real inputs, against
+  LiteRT's default engine (XNNPACK) and against TFLite's builtin kernels. XNNPACK requantizes
+  its int8 convolutions in fp32 where TFLite Micro and the builtin kernels use fixed-point
+  multipliers, so single values differ by one step and rare near-ties flip; with
+  `kcaps_tflite.int8_sums` the builtin kernels give TFLite Micro's top-1 on every image tried.
 
 Errors name what is wrong: `MicroOpError` the operator (and its types), `ArenaTooSmallError` the
 arena given and the smallest that works.
@@ -21,8 +25,10 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import hashlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 
@@ -140,14 +146,21 @@ class MicroInterpreter:
     """An int8 model running in TFLite Micro with a fixed tensor arena.
 
     Raises MicroOpError for operators TFLite Micro lacks (checked before loading) or cannot run
-    on the model's types, ArenaTooSmallError when `arena_size` does not fit the model.
+    on the model's types, ArenaTooSmallError when `arena_size` does not fit the model (compared
+    with `find_arena_size` first, because TFLite Micro may crash on a too-small arena).
     """
 
-    def __init__(self, model, arena_size, source=None):
+    def __init__(self, model, arena_size, source=None, _probe=False):
         self.data, self.source = files.model_bytes(model, source)
         self.graph = graph.read(self.data, self.source)
         self.arena_size = int(arena_size)
         check_ops(self.data, self.source)
+        if not _probe:  # `_probe`: inside kcaps_tflite._arena_probe, which survives crashes
+            smallest = find_arena_size(self.data, self.source)
+            if self.arena_size < smallest:
+                raise ArenaTooSmallError(f"{self.source}: a tensor arena of {self.arena_size} "
+                                         f"bytes is too small; the smallest that works is "
+                                         f"{smallest} bytes")
         log = []
         try:
             with _captured_stderr(log):
@@ -205,44 +218,57 @@ class MicroInterpreter:
         return int(found.group(1)) if found else None
 
 
-def _works(data, arena_size, example):
-    try:
-        MicroInterpreter(data, arena_size).invoke(example)
-        return True
-    except ArenaTooSmallError:
-        return False
+# Smallest working arena per model (sha256 of its bytes), from `find_arena_size`.
+_SMALLEST_ARENA = {}
+
+
+def _probe(data, source, low=0, high=0):
+    """Run `kcaps_tflite._arena_probe` until it reports the smallest arena in (low, high]."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(data)
+        for _ in range(64):
+            result = subprocess.run(
+                [sys.executable, "-m", "kcaps_tflite._arena_probe", path, str(low), str(high),
+                 source], capture_output=True, text=True, timeout=3600)
+            tried = None
+            for line in result.stdout.splitlines():
+                word, _, value = line.partition(" ")
+                if word == "try":
+                    tried = int(value)
+                elif word in ("ok", "small"):
+                    tried = None
+                    if word == "ok":
+                        high = int(value)
+                    else:
+                        low = int(value)
+                elif word == "arena":
+                    return int(value)
+                elif word == "error":
+                    kind, _, message = value.partition(" ")
+                    raise {"MicroOpError": MicroOpError,
+                           "ArenaTooSmallError": ArenaTooSmallError}.get(kind, RuntimeError)(message)
+            if tried is None:
+                raise RuntimeError(f"{source}: the TFLite Micro arena probe failed (exit "
+                                   f"{result.returncode}): {result.stderr.strip()[-1500:]}")
+            low = tried  # it crashed trying `tried` bytes: too small (module doc of the probe)
+    raise RuntimeError(f"{source}: TFLite Micro kept crashing while the arena was searched")
 
 
 def find_arena_size(model, source=None):
     """The smallest arena (bytes, multiple of 16) with which TFLite Micro loads and runs `model`.
 
-    A model whose operators TFLite Micro cannot run raises MicroOpError instead.
+    A model whose operators TFLite Micro cannot run raises MicroOpError instead. The sizes are
+    tried in a child process (`kcaps_tflite._arena_probe`): TFLite Micro's native code can crash
+    on an arena a little too small instead of reporting it.
     """
     data, source = files.model_bytes(model, source)
     check_ops(data, source)
-    high = max(64 * KIB, len(data) // 4 // ARENA_ALIGNMENT * ARENA_ALIGNMENT)
-    while True:
-        try:
-            interpreter = MicroInterpreter(data, high, source)
-            details = interpreter.input_details
-            example = np.zeros(tuple(details["shape"]), details["dtype"])  # arena use is data-blind
-            interpreter.invoke(example)
-            break
-        except ArenaTooSmallError:
-            if high >= MAX_ARENA_BYTES:
-                raise ArenaTooSmallError(f"{source}: does not fit even a {MAX_ARENA_BYTES}-byte "
-                                         f"arena") from None
-            high = min(high * 2, MAX_ARENA_BYTES)
-    low = 0  # known to fail (or trivially impossible)
-    while high - low > ARENA_ALIGNMENT:
-        middle = (low + high) // 2 // ARENA_ALIGNMENT * ARENA_ALIGNMENT
-        if middle <= low:
-            break
-        if _works(data, middle, example):
-            high = middle
-        else:
-            low = middle
-    return high
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _SMALLEST_ARENA:
+        _SMALLEST_ARENA[digest] = _probe(data, source)
+    return _SMALLEST_ARENA[digest]
 
 
 def check_budget(flash_bytes, arena_bytes, target):
@@ -275,7 +301,8 @@ class MicroReport:
     float_operators: list  # ops computing in float inside the int8 model (islands)
     budgets: list
     samples: int = 0
-    agreement_with_litert: float | None = None
+    agreement_with_litert: float | None = None  # LiteRT as it runs by default (XNNPACK)
+    agreement_with_litert_builtin: float | None = None  # TFLite's builtin kernels
     max_output_difference: float | None = None  # |TFLite Micro - LiteRT| on dequantized outputs
     accuracy: float | None = None
     litert_accuracy: float | None = None
@@ -311,8 +338,11 @@ def analyze(model, x=None, y=None, targets=tuple(TARGETS), arena_size=None, sour
         micro_scores = interpreter.predict(x)
         litert_scores = verify.predict(data, x).reshape(len(micro_scores), -1)
         report.samples = len(micro_scores)
+        builtin_scores = verify.predict(data, x, use_xnnpack=False).reshape(len(micro_scores), -1)
         report.agreement_with_litert = float(
             np.mean(micro_scores.argmax(-1) == litert_scores.argmax(-1)))
+        report.agreement_with_litert_builtin = float(
+            np.mean(micro_scores.argmax(-1) == builtin_scores.argmax(-1)))
         report.max_output_difference = float(np.max(np.abs(micro_scores - litert_scores)))
         if y is not None:
             y = np.asarray(y).reshape(-1)
