@@ -8,7 +8,8 @@ few epochs: about 1.5 minutes an epoch on 2 cores), is converted to float32 and 
 on the last 2,000 images: accuracy in LiteRT, file size, latency at 1 and 2 threads (the
 official benchmark tool, XNNPACK on, as LiteRT runs by default, and TFLite's builtin kernels),
 the routing's share of the latency (LiteRT's op profiler, builtin kernels, 1 thread) and, for
-small_capsnet, TFLite Micro on all 2,000 images.
+small_capsnet, TFLite Micro on all 2,000 images, for the default int8 model and for the
+microcontroller build (`kcaps convert --for-micro`: no XNNPACK forms, SUMs as MEAN x count).
 
 The int8 model is converted with the forms XNNPACK runs in int8 (`kcaps_tflite.xnnpack_int8`:
 first convolution on 2x2 pixel blocks, zero point 0 on BATCH_MATMUL operands); the plain
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import print_table  # noqa: E402
-from kcaps_tflite import benchmark, convert, verify  # noqa: E402
+from kcaps_tflite import benchmark, convert, micro, verify  # noqa: E402
 from training import datasets, deploy  # noqa: E402
 from training import train as recipe  # noqa: E402
 
@@ -56,6 +57,22 @@ def interleaved_latency(paths, rounds, num_runs):
                                               num_runs=num_runs,
                                               use_xnnpack=xnnpack)["inference_us"]["avg"])
     return {key: float(np.median(values)) for key, values in runs.items()}
+
+
+def micro_build(path, data, out, config, float32_bytes):
+    """The microcontroller build (`kcaps convert --for-micro`): no XNNPACK forms, SUMs as MEAN x
+    count; its size, arena and top-1 agreement of TFLite Micro with LiteRT on every test image."""
+    flatbuffer = convert.convert(path, "int8", representative_data=deploy.calibration_sample(
+        data.x_train, config.calibration_samples, config.seed), xnnpack_forms=False,
+        sums_as_means=True)
+    convert.save(flatbuffer, out / "tflite" / f"{out.name}_int8_micro.tflite")
+    m = micro.analyze(flatbuffer, data.x_test, data.y_test, targets=("mcu-256k-64k",))
+    print(f"microcontroller build (--for-micro): {m.model_bytes:,} bytes "
+          f"({float32_bytes / m.model_bytes:.2f}x smaller than float32), arena {m.arena_bytes:,} "
+          f"bytes, 256 KB / 64 KB budget: {'fits' if m.budgets[0]['fits'] else 'does NOT fit'}; "
+          f"TFLite Micro top-1 agreement with LiteRT's builtin kernels "
+          f"{m.agreement_with_litert_builtin:.2%}, with XNNPACK {m.agreement_with_litert:.2%} "
+          f"on {m.samples} images (accuracy {m.accuracy:.2%})")
 
 
 def main(argv=None):
@@ -118,9 +135,11 @@ def main(argv=None):
             print(f"\nsmall_capsnet int8 in TFLite Micro: {m['model_bytes']:,} bytes, arena "
                   f"{m['arena_bytes']:,} bytes, 256 KB / 128 KB budget: "
                   f"{'fits' if fits else 'does NOT fit'}; top-1 agreement with LiteRT "
-                  f"{m['agreement_with_litert']:.2%} on {m['samples']} images "
+                  f"{m['agreement_with_litert']:.2%} (builtin kernels "
+                  f"{m['agreement_with_litert_builtin']:.2%}) on {m['samples']} images "
                   f"(accuracy {m['accuracy']:.2%} vs LiteRT {m['litert_accuracy']:.2%})")
             ok &= fits and m["agreement_with_litert"] == 1.0
+            micro_build(path, data, out, config, f32["size_bytes"])
 
     print("\nTargets: int8 accuracy loss <= 0.3 pp, >= 3.5x smaller, faster at 1 thread "
           "(XNNPACK, the default).")

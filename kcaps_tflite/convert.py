@@ -19,7 +19,11 @@ Precisions:
 Every precision but `binary` uses builtin ops only (never SELECT_TF_OPS), so the file runs in any
 LiteRT build, on Android, and for `int8` in TFLite Micro: the int8 model computes the few
 operators TFLite Micro has no int8 kernel for (SQRT of the 10 squared capsule lengths) in float
-between a DEQUANTIZE and a QUANTIZE (`kcaps_tflite.float_islands`).
+between a DEQUANTIZE and a QUANTIZE (`kcaps_tflite.float_islands`). Two more int8 rewrites keep
+the integers and change how runtimes compute them: the forms XNNPACK runs in int8
+(`kcaps_tflite.xnnpack_int8`, on by default) and every SUM as MEAN times the count, which
+LiteRT's reference kernels, its builtin kernels and TFLite Micro compute alike
+(`kcaps_tflite.int8_sums`, off by default).
 
 >>> import kcaps, numpy as np
 >>> from kcaps_tflite import convert
@@ -39,7 +43,7 @@ import tensorflow_model_optimization as tfmot
 from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from kcaps.models import capsule_model
-from kcaps_tflite import files, float_islands, xnnpack_int8
+from kcaps_tflite import files, float_islands, int8_sums, xnnpack_int8
 
 PRECISIONS = ("float32", "float16", "dynamic", "int8", "binary")
 DEFAULT_CALIBRATION_SAMPLES = 200
@@ -121,7 +125,7 @@ def _converter(model, precision, representative_data):
 
 
 def convert(model, precision="float32", representative_data=None, micro_compatible=True,
-            xnnpack_forms=True):
+            xnnpack_forms=True, sums_as_means=False):
     """Convert a Keras model (or the path of a saved one) to `.tflite` bytes.
 
     Args:
@@ -134,6 +138,10 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
       xnnpack_forms: for `int8`, trace few-channel convolutions on 2x2 pixel blocks and give
         BATCH_MATMUL operands zero point 0, the forms XNNPACK runs in int8
         (`kcaps_tflite.xnnpack_int8`); False gives the plain converter output.
+      sums_as_means: for `int8`, write every SUM as MEAN times the count: the same integers,
+        which TFLite Micro and LiteRT's builtin and reference kernels then compute alike
+        (`kcaps_tflite.int8_sums`; off by default: it adds about 1.2 KB). A microcontroller
+        build takes `xnnpack_forms=False, sums_as_means=True` (`kcaps convert --for-micro`).
     Returns:
       The flatbuffer as bytes.
     Raises:
@@ -162,6 +170,8 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
                          f"{error}") from None
     if precision == "int8" and xnnpack_forms:
         flatbuffer = xnnpack_int8.symmetric_batch_matmul(flatbuffer)
+    if precision == "int8" and sums_as_means:
+        flatbuffer = int8_sums.sums_as_means(flatbuffer)
     if precision == "int8" and micro_compatible:
         flatbuffer = float_islands.to_float(flatbuffer)
     return files.check_tflite_bytes(flatbuffer, f"{precision} converter output")

@@ -23,22 +23,11 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files
+from kcaps_tflite.flatbuffer_edit import opcode_index
 
 # Operators with an int8 kernel in LiteRT but only a float one in TFLite Micro (elementwise.cc)
 # that kcaps models use.
 MICRO_FLOAT_ONLY = ("SQRT",)
-
-
-def _opcode_index(model, builtin):
-    for k, code in enumerate(model.operatorCodes):
-        if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
-            return k
-    code = schema.OperatorCodeT()
-    code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
-    code.version = 1
-    model.operatorCodes.append(code)
-    return len(model.operatorCodes) - 1
 
 
 def _float_copy(tensor, suffix):
@@ -65,8 +54,8 @@ def to_float(model, ops=MICRO_FLOAT_ONLY):
                and subgraph.tensors[op.inputs[0]].type == schema.TensorType.INT8]
     if not targets:
         return data
-    dequantize = _opcode_index(obj, schema.BuiltinOperator.DEQUANTIZE)
-    quantize = _opcode_index(obj, schema.BuiltinOperator.QUANTIZE)
+    dequantize = opcode_index(obj, schema.BuiltinOperator.DEQUANTIZE)
+    quantize = opcode_index(obj, schema.BuiltinOperator.QUANTIZE)
     rewritten = []
     for k, op in enumerate(subgraph.operators):
         if k not in targets:

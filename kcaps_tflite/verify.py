@@ -64,13 +64,15 @@ def dequantize(y, details):
     return y.astype(np.float32)
 
 
-def predict(model, x, batch_size=256, num_threads=None, source=None):
+def predict(model, x, batch_size=256, num_threads=None, use_xnnpack=True, source=None):
     """Run a `.tflite` model (bytes or path) on float inputs `x`; return float32 outputs.
 
     Inputs are quantized and outputs dequantized with the model's own parameters, so an int8
-    model is fed and read exactly as on a device.
+    model is fed and read exactly as on a device. `use_xnnpack=False` runs TFLite's builtin
+    kernels instead of LiteRT's default XNNPACK delegate.
     """
-    interpreter = load_interpreter(model, num_threads=num_threads, source=source)
+    interpreter = load_interpreter(model, num_threads=num_threads, use_xnnpack=use_xnnpack,
+                                   source=source)
     x = np.asarray(x, np.float32)
     index = interpreter.get_input_details()[0]["index"]
     outputs, allocated = [], None

@@ -112,7 +112,8 @@ def deploy(model, data, output_dir, config=None, name=None, log=print):
         header, source = c_export.export_c(paths["int8"], out / "micro")
         next(v for v in variants if v["precision"] == "int8")["arena_bytes"] = \
             micro_report.arena_bytes
-        agreement = (f"top-1 agreement with LiteRT {micro_report.agreement_with_litert:.2%} on "
+        agreement = (f"top-1 agreement with LiteRT {micro_report.agreement_with_litert:.2%} "
+                     f"(builtin kernels {micro_report.agreement_with_litert_builtin:.2%}) on "
                      f"{micro_report.samples} images; " if micro_report.samples else "")
         log(f"TFLite Micro: arena {micro_report.arena_bytes / 1024:.1f} KB, {agreement}"
             + ", ".join(f"{b['target']} {'fits' if b['fits'] else 'does NOT fit'}"
@@ -204,8 +205,9 @@ def render_report(d):
                   f"- operators: " + ", ".join(f"{k} x{v}" for k, v in m["op_counts"].items()),
                   f"- computed in float inside the int8 model: "
                   f"{', '.join(m['float_operators']) or 'nothing'}",
-                  (f"- top-1 agreement with LiteRT: {m['agreement_with_litert']:.2%} on "
-                   f"{m['samples']} images (accuracy {m['accuracy']:.2%} vs LiteRT "
+                  (f"- top-1 agreement with LiteRT: {m['agreement_with_litert']:.2%} "
+                   f"(XNNPACK, LiteRT's default), {m['agreement_with_litert_builtin']:.2%} "
+                   f"(TFLite's builtin kernels) on {m['samples']} images (accuracy {m['accuracy']:.2%} vs LiteRT "
                    f"{m['litert_accuracy']:.2%}; max output difference "
                    f"{m['max_output_difference']:.3g})" if m["samples"] else
                    "- not run on images (micro_samples=0)"),

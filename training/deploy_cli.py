@@ -24,10 +24,14 @@ def _add_data_arguments(parser):
 
 
 def cmd_convert(args):
+    if args.for_micro and args.precision != "int8":
+        raise ValueError(f"--for-micro builds an int8 model; got --precision {args.precision}")
     data = datasets.load(args.dataset, args.data_dir)
     model = convert.inference_model(args.model)
     representative = deploy.calibration_sample(data.x_train, args.calibration_samples, args.seed)
-    flatbuffer = convert.convert(model, args.precision, representative_data=representative)
+    micro_build = dict(xnnpack_forms=False, sums_as_means=True) if args.for_micro else {}
+    flatbuffer = convert.convert(model, args.precision, representative_data=representative,
+                                 **micro_build)
     x, y = data.x_test[:args.verify_samples], data.y_test[:args.verify_samples]
     check = verify.verify(model, flatbuffer, x, y, precision=args.precision,
                           min_agreement=args.min_agreement)
@@ -57,8 +61,8 @@ def cmd_micro(args):
     if result.float_operators:
         print(f"computed in float inside the int8 model: {', '.join(result.float_operators)}")
     if result.samples:
-        print(f"top-1 agreement with LiteRT {result.agreement_with_litert:.2%} on {result.samples} "
-              f"images (accuracy {result.accuracy:.2%}, LiteRT {result.litert_accuracy:.2%})")
+        print(f"top-1 agreement with LiteRT {result.agreement_with_litert:.2%} (builtin kernels "
+              f"{result.agreement_with_litert_builtin:.2%}) on {result.samples} images (accuracy {result.accuracy:.2%}, LiteRT {result.litert_accuracy:.2%})")
     for b in result.budgets:
         print(f"{b['target']:14s} flash {b['model_bytes'] / 1024:7.1f} / {b['flash_bytes'] // 1024}"
               f" KB, SRAM {b['arena_bytes'] / 1024:6.1f} / {b['sram_bytes'] // 1024} KB: "
@@ -97,6 +101,9 @@ def register(commands):
                         "precision: " + ", ".join(f"{k} {v:.0%}"
                                                   for k, v in verify.MIN_AGREEMENT.items()) + ")")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--for-micro", action="store_true",
+                   help="int8 for a microcontroller: no XNNPACK forms (smaller file and arena), "
+                        "SUMs as MEAN x count (TFLite Micro's integers match TFLite's kernels)")
     c.set_defaults(run=cmd_convert)
 
     m = commands.add_parser("micro", help="run an int8 .tflite in TFLite Micro: arena, budget",

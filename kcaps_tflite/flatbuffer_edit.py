@@ -1,0 +1,37 @@
+"""Small edits of a `.tflite` flatbuffer in its object form (`flatbuffer_utils`), shared by the
+conversion-time rewrites (`float_islands`, `int8_sums`)."""
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.tools import flatbuffer_utils
+
+
+def builtin_code(obj, op):
+    """The builtin operator code of `op` in model object `obj`."""
+    return flatbuffer_utils.get_builtin_code_from_operator_code(obj.operatorCodes[op.opcodeIndex])
+
+
+def opcode_index(obj, builtin, version=1):
+    """Index of `builtin` in the model's operator codes, added (with `version`) when missing."""
+    for k, code in enumerate(obj.operatorCodes):
+        if flatbuffer_utils.get_builtin_code_from_operator_code(code) == builtin:
+            return k
+    code = schema.OperatorCodeT()
+    code.builtinCode = builtin
+    code.deprecatedBuiltinCode = min(builtin, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+    code.version = version
+    obj.operatorCodes.append(code)
+    return len(obj.operatorCodes) - 1
+
+
+def add_tensor(obj, subgraph, tensor, data=None):
+    """Append `tensor` to `subgraph`; with `data` (an array) as a constant in a buffer of its own,
+    otherwise as an activation on the empty buffer 0. Returns the tensor's index."""
+    if data is None:
+        tensor.buffer = 0
+    else:
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), np.uint8)
+        obj.buffers.append(buffer)
+        tensor.buffer = len(obj.buffers) - 1
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
