@@ -5,7 +5,8 @@
 Finds the smallest arena (multiple of 16) with which TFLite Micro loads `M.tflite` and runs it on
 a zero input, knowing that LOW bytes fail (0: nothing known) and HIGH bytes work (0: unknown, so
 it first doubles from 64 KiB). Prints `try N` before each attempt and `ok N` or `small N` after
-it, then `arena N`; errors name SOURCE (the parent's name for the model); one prints `error <ErrorType> <message>` and exits 2.
+it, then `arena N`. An error of the model prints `error <ErrorType> <message>` (naming SOURCE,
+the parent's name for the model) and exits 2.
 
 It runs in its own process because TFLite Micro's native code sometimes crashes (SIGSEGV) instead
 of reporting an arena that is a little too small: a kernel's Prepare reads a temporary tensor it

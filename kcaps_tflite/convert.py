@@ -139,7 +139,7 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
         BATCH_MATMUL operands zero point 0, the forms XNNPACK runs in int8
         (`kcaps_tflite.xnnpack_int8`); False gives the plain converter output.
       sums_as_means: for `int8`, write every SUM as MEAN times the count: the same integers,
-        which TFLite Micro and LiteRT's builtin and reference kernels then compute alike
+        which TFLite Micro and LiteRT's builtin and reference kernels compute alike
         (`kcaps_tflite.int8_sums`; off by default: it adds about 1.2 KB). A microcontroller
         build takes `xnnpack_forms=False, sums_as_means=True` (`kcaps convert --for-micro`).
     Returns:

@@ -17,7 +17,8 @@ def opcode_index(obj, builtin, version=1):
             return k
     code = schema.OperatorCodeT()
     code.builtinCode = builtin
-    code.deprecatedBuiltinCode = min(builtin, schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
+    code.deprecatedBuiltinCode = min(builtin,
+                                     schema.BuiltinOperator.PLACEHOLDER_FOR_GREATER_OP_CODES)
     code.version = version
     obj.operatorCodes.append(code)
     return len(obj.operatorCodes) - 1

@@ -22,8 +22,14 @@ The MUL's requantization multiplier is `(s / n) * n / s = 1`, so it hands the in
 unchanged; the consumers of `t` see the tensor they saw before. Both operators are TFLite
 builtins with int8 kernels in TFLite Micro and in XNNPACK (measured: no latency change on
 small_capsnet at 1 thread). On small_capsnet's 2,000 real test digits TFLite Micro then agrees
-with LiteRT's builtin kernels on every top-1 (99.90% before), and LiteRT's reference kernels run
-the model at 99.30% instead of 10.35% (issue 6 notes).
+with LiteRT's builtin kernels on every top-1 (99.75% before without the XNNPACK forms, 99.90%
+with them), and LiteRT's reference kernels run the model at 99.30% instead of 10.35%
+(docs/notes/issue6c.md). Output values still differ by rounding elsewhere, mostly in the
+squash's int8 DIV, which TFLite Micro computes its own way.
+
+Off by default: the new tensors and operators add about 1.2 KB, which would take small_capsnet's
+int8 file from 3.50x to 3.48x smaller than float32. The microcontroller build
+(`kcaps convert --for-micro`) turns it on.
 
 >>> import numpy as np, tensorflow as tf
 >>> from kcaps_tflite import convert, graph, int8_sums
@@ -56,14 +62,16 @@ def _per_tensor_int8(tensor):
 
 
 def _summed_count(obj, subgraph, op):
-    """How many elements one output of this SUM adds up, or None when the axes are not constant."""
+    """How many elements one output of this SUM adds up; None when the axes are not constant or
+    a summed dimension is dynamic (its size is known only when the model runs)."""
     source, axes = (subgraph.tensors[int(i)] for i in op.inputs[:2])
     data = obj.buffers[axes.buffer].data
     if data is None or source.shape is None:
         return None
     shape = [int(d) for d in source.shape]
+    signature = shape if source.shapeSignature is None else [int(d) for d in source.shapeSignature]
     axes = {int(a) % len(shape) for a in np.frombuffer(bytes(data), np.int32)}
-    if any(shape[a] <= 0 for a in axes):
+    if any(shape[a] <= 0 or signature[a] < 0 for a in axes):
         return None
     return int(np.prod([shape[a] for a in axes]))
 
@@ -80,12 +88,14 @@ def sums_as_means(model):
             operators.append(op)
             if builtin_code(obj, op) != schema.BuiltinOperator.SUM:
                 continue
-            source, output = subgraph.tensors[int(op.inputs[0])], subgraph.tensors[int(op.outputs[0])]
+            source = subgraph.tensors[int(op.inputs[0])]
+            output = subgraph.tensors[int(op.outputs[0])]
             count = _summed_count(obj, subgraph, op)
             if not (_per_tensor_int8(source) and _per_tensor_int8(output) and count):
                 continue
             mean = copy.deepcopy(output)
-            mean.name = b"mean%d" % len(subgraph.tensors)  # short: no layer path, the op inherits its neighbours'
+            # A short name without a layer path: the MEAN counts as its neighbours' layer.
+            mean.name = b"mean%d" % len(subgraph.tensors)
             mean.quantization.scale = [float(output.quantization.scale[0]) / count]
             mean_index = add_tensor(obj, subgraph, mean)
             if count not in counts:  # one constant per count, shared by the MULs
@@ -98,7 +108,8 @@ def sums_as_means(model):
                 counts[count] = add_tensor(obj, subgraph, factor, np.array([1], np.int8))
 
             output_index = int(op.outputs[0])
-            op.opcodeIndex = opcode_index(obj, schema.BuiltinOperator.MEAN, _INT8_VERSION)  # same ReducerOptions
+            # MEAN takes the SUM's inputs and ReducerOptions as they are.
+            op.opcodeIndex = opcode_index(obj, schema.BuiltinOperator.MEAN, _INT8_VERSION)
             op.outputs = np.array([mean_index], np.int32)
             multiply = schema.OperatorT()
             multiply.opcodeIndex = opcode_index(obj, schema.BuiltinOperator.MUL, _INT8_VERSION)

@@ -247,8 +247,9 @@ def _probe(data, source, low=0, high=0):
                     return int(value)
                 elif word == "error":
                     kind, _, message = value.partition(" ")
-                    raise {"MicroOpError": MicroOpError,
-                           "ArenaTooSmallError": ArenaTooSmallError}.get(kind, RuntimeError)(message)
+                    errors = {"MicroOpError": MicroOpError,
+                              "ArenaTooSmallError": ArenaTooSmallError}
+                    raise errors.get(kind, RuntimeError)(message)
             if tried is None:
                 raise RuntimeError(f"{source}: the TFLite Micro arena probe failed (exit "
                                    f"{result.returncode}): {result.stderr.strip()[-1500:]}")

@@ -82,3 +82,13 @@ def test_for_micro_is_an_int8_option(tmp_path, capsys):
     trained_model().save(model_path)
     assert cli.main(["convert", str(model_path), "--precision", "float32", "--for-micro"]) == 2
     assert "--for-micro builds an int8 model; got --precision float32" in capsys.readouterr().err
+
+
+def test_a_sum_over_the_dynamic_batch_axis_is_left_alone():
+    x = tf.keras.Input((4, 8))
+    model = tf.keras.Model(x, tf.keras.layers.Lambda(
+        lambda t: tf.reduce_sum(t, axis=0, keepdims=True) + 0 * t)(x))
+    values = np.random.default_rng(1).normal(size=(20, 4, 8)).astype(np.float32)
+    plain = convert.convert(model, "int8", representative_data=values)
+    assert "SUM" in graph.read(plain).op_counts()
+    assert int8_sums.sums_as_means(plain) == plain

@@ -62,7 +62,8 @@ def cmd_micro(args):
         print(f"computed in float inside the int8 model: {', '.join(result.float_operators)}")
     if result.samples:
         print(f"top-1 agreement with LiteRT {result.agreement_with_litert:.2%} (builtin kernels "
-              f"{result.agreement_with_litert_builtin:.2%}) on {result.samples} images (accuracy {result.accuracy:.2%}, LiteRT {result.litert_accuracy:.2%})")
+              f"{result.agreement_with_litert_builtin:.2%}) on {result.samples} images (accuracy "
+              f"{result.accuracy:.2%}, LiteRT {result.litert_accuracy:.2%})")
     for b in result.budgets:
         print(f"{b['target']:14s} flash {b['model_bytes'] / 1024:7.1f} / {b['flash_bytes'] // 1024}"
               f" KB, SRAM {b['arena_bytes'] / 1024:6.1f} / {b['sram_bytes'] // 1024} KB: "
@@ -103,7 +104,8 @@ def register(commands):
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--for-micro", action="store_true",
                    help="int8 for a microcontroller: no XNNPACK forms (smaller file and arena), "
-                        "SUMs as MEAN x count (TFLite Micro's integers match TFLite's kernels)")
+                        "SUMs as MEAN x count (TFLite Micro then gives the top-1 of TFLite's "
+                        "builtin kernels)")
     c.set_defaults(run=cmd_convert)
 
     m = commands.add_parser("micro", help="run an int8 .tflite in TFLite Micro: arena, budget",

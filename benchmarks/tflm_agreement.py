@@ -1,0 +1,92 @@
+"""TFLite Micro against LiteRT's three kernel sets, for four int8 builds of one trained model.
+
+    python benchmarks/tflm_agreement.py [--model runs/deployment/small_capsnet/model.keras]
+
+Converts the model (trained by `benchmarks/deployment.py`; trained here for 15 epochs if the
+file is missing) to int8 with and without the XNNPACK forms (`kcaps_tflite.xnnpack_int8`) and with
+and without SUM as MEAN x count (`kcaps_tflite.int8_sums`), calibrated as `kcaps deploy` does,
+and runs each on the 2,000 real test digits in TFLite Micro and in LiteRT with XNNPACK (the
+default), with TFLite's builtin kernels and with its reference kernels. Prints accuracy, the
+top-1 agreement of TFLite Micro with each, the share of images whose int8 outputs are identical,
+the file size and the smallest arena.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
+
+from benchmarks.common import print_table  # noqa: E402
+from benchmarks.deployment import trained  # noqa: E402
+from kcaps_tflite import convert, micro, verify  # noqa: E402
+from training import datasets, deploy  # noqa: E402
+
+BUILDS = {"default (XNNPACK forms)": dict(),
+          "XNNPACK forms + SUM as MEAN": dict(sums_as_means=True),
+          "plain": dict(xnnpack_forms=False),
+          "plain + SUM as MEAN (--for-micro)": dict(xnnpack_forms=False, sums_as_means=True)}
+KERNELS = {"XNNPACK": OpResolverType.AUTO,
+           "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+           "reference": OpResolverType.BUILTIN_REF}
+
+
+def litert_outputs(data, x, resolver):
+    """LiteRT's dequantized outputs with `resolver`, one image at a time (as TFLite Micro runs);
+    None if it cannot load the model."""
+    try:
+        interpreter = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        print(f"  LiteRT {resolver.name}: {str(error).splitlines()[0]}")
+        return None
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    outputs = []
+    for image in x:
+        interpreter.set_tensor(source["index"], verify.quantize(image[None], source))
+        interpreter.invoke()
+        outputs.append(verify.dequantize(interpreter.get_tensor(target["index"]), target))
+    return np.stack(outputs).reshape(len(x), -1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="runs/deployment/small_capsnet/model.keras")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    data = datasets.load("real_digits")
+    model = args.model
+    if not os.path.exists(model):
+        model, _ = trained("small_capsnet", 15, data, os.path.dirname(model), args.seed)
+    config = deploy.DeployConfig()
+    representative = deploy.calibration_sample(data.x_train, config.calibration_samples,
+                                               config.seed)
+    float32_bytes = len(convert.convert(model, "float32"))
+    x, y = data.x_test, data.y_test.reshape(-1)
+    rows = []
+    for name, options in BUILDS.items():
+        print(name)
+        flatbuffer = convert.convert(model, "int8", representative_data=representative, **options)
+        arena = micro.find_arena_size(flatbuffer)
+        reference = micro.MicroInterpreter(flatbuffer, arena).predict(x)
+        row = {"int8 build": name, "TFLM acc": f"{np.mean(reference.argmax(-1) == y):.2%}"}
+        for kernels, resolver in KERNELS.items():
+            outputs = litert_outputs(flatbuffer, x, resolver)
+            if outputs is None:
+                row[f"vs {kernels}"] = "cannot load"
+                continue
+            row[f"vs {kernels}"] = (f"{np.mean(outputs.argmax(-1) == reference.argmax(-1)):.2%} "
+                                    f"top-1, {np.mean((outputs == reference).all(-1)):.0%} same")
+        row["file B"] = f"{len(flatbuffer):,} ({float32_bytes / len(flatbuffer):.2f}x)"
+        row["TFLM arena B"] = f"{arena:,}"
+        rows.append(row)
+    print(f"\nsmall_capsnet, {len(x)} real test digits: TFLite Micro against LiteRT ('top-1': "
+          "same class; 'same': identical outputs); file: bytes (times smaller than float32)")
+    print_table(rows, list(rows[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
