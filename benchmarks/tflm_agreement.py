@@ -17,38 +17,18 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter, OpResolverType  # noqa: E402
 
 from benchmarks.common import print_table  # noqa: E402
 from benchmarks.deployment import trained  # noqa: E402
-from kcaps_tflite import convert, micro, verify  # noqa: E402
+from kcaps_tflite import convert, files, micro, verify  # noqa: E402
 from training import datasets, deploy  # noqa: E402
 
 BUILDS = {"default (XNNPACK forms)": dict(),
           "XNNPACK forms + SUM as MEAN": dict(sums_as_means=True),
           "plain": dict(xnnpack_forms=False),
           "plain + SUM as MEAN (--for-micro)": dict(xnnpack_forms=False, sums_as_means=True)}
-KERNELS = {"XNNPACK": OpResolverType.AUTO,
-           "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-           "reference": OpResolverType.BUILTIN_REF}
-
-
-def litert_outputs(data, x, resolver):
-    """LiteRT's dequantized outputs with `resolver`, one image at a time (as TFLite Micro runs);
-    None if it cannot load the model."""
-    try:
-        interpreter = Interpreter(model_content=data, experimental_op_resolver_type=resolver)
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as error:
-        print(f"  LiteRT {resolver.name}: {str(error).splitlines()[0]}")
-        return None
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    outputs = []
-    for image in x:
-        interpreter.set_tensor(source["index"], verify.quantize(image[None], source))
-        interpreter.invoke()
-        outputs.append(verify.dequantize(interpreter.get_tensor(target["index"]), target))
-    return np.stack(outputs).reshape(len(x), -1)
+KERNELS = {"XNNPACK": dict(), "builtin": dict(use_xnnpack=False),
+           "reference": dict(reference_kernels=True)}
 
 
 def main(argv=None):
@@ -72,9 +52,11 @@ def main(argv=None):
         arena = micro.find_arena_size(flatbuffer)
         reference = micro.MicroInterpreter(flatbuffer, arena).predict(x)
         row = {"int8 build": name, "TFLM acc": f"{np.mean(reference.argmax(-1) == y):.2%}"}
-        for kernels, resolver in KERNELS.items():
-            outputs = litert_outputs(flatbuffer, x, resolver)
-            if outputs is None:
+        for kernels, options in KERNELS.items():
+            try:
+                outputs = verify.predict(flatbuffer, x, **options)
+            except files.TFLiteFileError as error:  # no int8 DEPTH_TO_SPACE in the reference set
+                print(f"  {kernels}: {str(error).splitlines()[0]}")
                 row[f"vs {kernels}"] = "cannot load"
                 continue
             row[f"vs {kernels}"] = (f"{np.mean(outputs.argmax(-1) == reference.argmax(-1)):.2%} "

@@ -34,11 +34,18 @@ class VerificationError(ValueError):
     """The converted model disagrees with its Keras model more than the threshold allows."""
 
 
-def load_interpreter(model, num_threads=None, use_xnnpack=True, source=None):
-    """A LiteRT `Interpreter` for `.tflite` bytes or a path, errors naming the file."""
+def load_interpreter(model, num_threads=None, use_xnnpack=True, source=None,
+                     reference_kernels=False):
+    """A LiteRT `Interpreter` for `.tflite` bytes or a path, errors naming the file.
+
+    XNNPACK (LiteRT's default), TFLite's builtin kernels (`use_xnnpack=False`) or its reference
+    kernels (`reference_kernels=True`).
+    """
     data, source = files.model_bytes(model, source)
     resolver = OpResolverType.AUTO if use_xnnpack else \
         OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if reference_kernels:
+        resolver = OpResolverType.BUILTIN_REF
     try:
         return Interpreter(model_content=data, num_threads=num_threads,
                            experimental_op_resolver_type=resolver)
@@ -64,15 +71,17 @@ def dequantize(y, details):
     return y.astype(np.float32)
 
 
-def predict(model, x, batch_size=256, num_threads=None, use_xnnpack=True, source=None):
+def predict(model, x, batch_size=256, num_threads=None, use_xnnpack=True, source=None,
+            reference_kernels=False):
     """Run a `.tflite` model (bytes or path) on float inputs `x`; return float32 outputs.
 
     Inputs are quantized and outputs dequantized with the model's own parameters, so an int8
     model is fed and read exactly as on a device. `use_xnnpack=False` runs TFLite's builtin
-    kernels instead of LiteRT's default XNNPACK delegate.
+    kernels instead of LiteRT's default XNNPACK delegate, `reference_kernels=True` its reference
+    kernels.
     """
     interpreter = load_interpreter(model, num_threads=num_threads, use_xnnpack=use_xnnpack,
-                                   source=source)
+                                   source=source, reference_kernels=reference_kernels)
     x = np.asarray(x, np.float32)
     index = interpreter.get_input_details()[0]["index"]
     outputs, allocated = [], None
