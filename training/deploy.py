@@ -207,9 +207,9 @@ def render_report(d):
                   f"{', '.join(m['float_operators']) or 'nothing'}",
                   (f"- top-1 agreement with LiteRT: {m['agreement_with_litert']:.2%} "
                    f"(XNNPACK, LiteRT's default), {m['agreement_with_litert_builtin']:.2%} "
-                   f"(TFLite's builtin kernels) on {m['samples']} images (accuracy {m['accuracy']:.2%} vs LiteRT "
-                   f"{m['litert_accuracy']:.2%}; max output difference "
-                   f"{m['max_output_difference']:.3g})" if m["samples"] else
+                   f"(TFLite's builtin kernels) on {m['samples']} images (accuracy "
+                   f"{m['accuracy']:.2%} vs LiteRT {m['litert_accuracy']:.2%}; max output "
+                   f"difference {m['max_output_difference']:.3g})" if m["samples"] else
                    "- not run on images (micro_samples=0)"),
                   "- C source: `micro/model_data.h`, `micro/model_data.cc`", "",
                   "| target | flash | SRAM | model | arena | fits |", "|---|---|---|---|---|---|"]
