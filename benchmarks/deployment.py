@@ -63,8 +63,7 @@ def micro_build(path, data, out, config, float32_bytes):
     """The microcontroller build (`kcaps convert --for-micro`): no XNNPACK forms, SUMs as MEAN x
     count; its size, arena and top-1 agreement of TFLite Micro with LiteRT on every test image."""
     flatbuffer = convert.convert(path, "int8", representative_data=deploy.calibration_sample(
-        data.x_train, config.calibration_samples, config.seed), xnnpack_forms=False,
-        sums_as_means=True)
+        data.x_train, config.calibration_samples, config.seed), **convert.MICRO_BUILD)
     convert.save(flatbuffer, out / "tflite" / f"{out.name}_int8_micro.tflite")
     m = micro.analyze(flatbuffer, data.x_test, data.y_test, targets=("mcu-256k-64k",))
     print(f"microcontroller build (--for-micro): {m.model_bytes:,} bytes "

@@ -26,7 +26,7 @@ from training import datasets, deploy  # noqa: E402
 BUILDS = {"default (XNNPACK forms)": dict(),
           "XNNPACK forms + SUM as MEAN": dict(sums_as_means=True),
           "plain": dict(xnnpack_forms=False),
-          "plain + SUM as MEAN (--for-micro)": dict(xnnpack_forms=False, sums_as_means=True)}
+          "plain + SUM as MEAN (--for-micro)": convert.MICRO_BUILD}
 KERNELS = {"XNNPACK": dict(), "builtin": dict(use_xnnpack=False),
            "reference": dict(reference_kernels=True)}
 

@@ -47,6 +47,8 @@ from kcaps_tflite import files, float_islands, int8_sums, xnnpack_int8
 
 PRECISIONS = ("float32", "float16", "dynamic", "int8", "binary")
 DEFAULT_CALIBRATION_SAMPLES = 200
+# `convert` options of the int8 build for a microcontroller (`kcaps convert --for-micro`).
+MICRO_BUILD = {"xnnpack_forms": False, "sums_as_means": True}
 
 
 def load_model(path):
@@ -141,7 +143,7 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
       sums_as_means: for `int8`, write every SUM as MEAN times the count: the same integers,
         which TFLite Micro and LiteRT's builtin and reference kernels compute alike
         (`kcaps_tflite.int8_sums`; off by default: it adds about 1.2 KB). A microcontroller
-        build takes `xnnpack_forms=False, sums_as_means=True` (`kcaps convert --for-micro`).
+        build takes `MICRO_BUILD`: no XNNPACK forms, SUMs as MEANs (`kcaps convert --for-micro`).
     Returns:
       The flatbuffer as bytes.
     Raises:

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from kcaps_tflite import convert, graph, int8_sums, micro
+from kcaps_tflite import convert, graph, int8_sums, micro, verify
 from tests.tflite_helpers import eval_images, flatbuffer, representative, trained_model
 from training import cli
 
@@ -38,9 +38,7 @@ def one_sum(request):
     values = (np.random.default_rng(0).normal(size=(80, 6, 4, 8)) * 0.7).astype(np.float32)
     plain = convert.convert(model, "int8", representative_data=values[:50])
     details = Interpreter(model_content=plain).get_input_details()[0]
-    scale, zero = details["quantization"]
-    inputs = [np.clip(np.round(v[None] / scale + zero), -128, 127).astype(np.int8)
-              for v in values[50:]]
+    inputs = [verify.quantize(v[None], details) for v in values[50:]]
     return plain, int8_sums.sums_as_means(plain), inputs
 
 
@@ -68,7 +66,7 @@ def test_the_rewrite_keeps_the_integers_and_runtimes_then_agree_bit_for_bit(one_
 def test_sums_stay_sums_by_default_and_a_micro_build_matches_litert_builtin_top1():
     assert "SUM" in graph.read(flatbuffer("int8")).op_counts()
     data = convert.convert(trained_model(), "int8", representative_data=representative(),
-                           xnnpack_forms=False, sums_as_means=True)
+                           **convert.MICRO_BUILD)
     ops = graph.read(data).op_counts()
     assert "SUM" not in ops and "SPACE_TO_DEPTH" not in ops
     x, y = eval_images(100)

@@ -29,9 +29,8 @@ def cmd_convert(args):
     data = datasets.load(args.dataset, args.data_dir)
     model = convert.inference_model(args.model)
     representative = deploy.calibration_sample(data.x_train, args.calibration_samples, args.seed)
-    micro_build = dict(xnnpack_forms=False, sums_as_means=True) if args.for_micro else {}
     flatbuffer = convert.convert(model, args.precision, representative_data=representative,
-                                 **micro_build)
+                                 **(convert.MICRO_BUILD if args.for_micro else {}))
     x, y = data.x_test[:args.verify_samples], data.y_test[:args.verify_samples]
     check = verify.verify(model, flatbuffer, x, y, precision=args.precision,
                           min_agreement=args.min_agreement)
