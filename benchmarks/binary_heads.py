@@ -1,11 +1,11 @@
 """XnODR and XnIDR heads against the dynamic-routing head on the same backbone (real digits).
 
-    python benchmarks/binary_heads.py [--backbone cnn] [--epochs 3]                # real digits
-    python benchmarks/binary_heads.py --multimnist [--epochs 3] [--train-samples 4000]
-    python benchmarks/binary_heads.py --heads xnodr,dynamic --epochs 30     # a subset of heads
+    python -m benchmarks.binary_heads [--backbone cnn] [--epochs 3]                # real digits
+    python -m benchmarks.binary_heads --multimnist [--epochs 3] [--train-samples 4000]
+    python -m benchmarks.binary_heads --heads xnodr,dynamic --epochs 30     # a subset of heads
 
 Trains `backbone_capsnet(backbone, head)` for head in dynamic, xnodr, xnidr with one recipe
-(`training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, margin loss,
+(`kcaps_training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, margin loss,
 2-pixel shifts on single digits; head BatchNorm momentum 0.9 for these short runs) on the
 real-digits split (first 8,000 MNIST test images train, last 2,000 evaluate), or on MultiMNIST
 built from it (one pair per digit; both-digits-correct accuracy). Prints accuracy, the gap to
@@ -17,13 +17,12 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kcaps  # noqa: E402  (first: Keras 2 behind tf.keras, before TensorFlow loads)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from benchmarks.common import print_table  # noqa: E402
-from training import datasets, head_report  # noqa: E402
+from kcaps_training import datasets, head_report  # noqa: E402
 
 HEADS = ("dynamic", "xnodr", "xnidr")
 

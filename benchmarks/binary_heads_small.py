@@ -1,15 +1,15 @@
 """XnODR and XnIDR as the class-capsule layer of `small_capsnet`, against dynamic routing.
 
-    python benchmarks/binary_heads_small.py [--epochs 10]
-    python benchmarks/binary_heads_small.py --multimnist [--pairs-per-image 4] [--epochs 10]
+    python -m benchmarks.binary_heads_small [--epochs 10]
+    python -m benchmarks.binary_heads_small --multimnist [--pairs-per-image 4] [--epochs 10]
 
 The same backbone (small_capsnet's two convolutions and primary capsules) and recipe
-(`training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, 2-pixel
+(`kcaps_training.head_report.train_and_evaluate`: Adam 1e-3 x0.9 per epoch, batch 64, 2-pixel
 shifts) for `CapsuleDense(routing=...)` in dynamic, xnodr, xnidr, on the real-digits split
 (first 8,000 MNIST test images train, last 2,000 evaluate). Prints accuracy, the gap to dynamic
 in percentage points (issue target: within 1.0), seconds per epoch, and the class-capsule kernel
 size (1 bit per weight for XnODR). With `--multimnist` the same three heads train on MultiMNIST
-built from the same split (`training.multimnist.from_dataset`: train pairs overlay the 8,000
+built from the same split (`kcaps_training.multimnist.from_dataset`: train pairs overlay the 8,000
 training digits, `--pairs-per-image` each; 2,000 test pairs overlay the 2,000 test digits; 36x36)
 and report both-digits-correct accuracy. A small model that converges in minutes on a CPU; for the
 MobileNetV2 / ResNet-50 / cnn backbones see `benchmarks/binary_heads.py`.
@@ -18,14 +18,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kcaps  # noqa: E402  (before TensorFlow: it selects Keras 2)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import binary_heads  # noqa: E402
-from training import datasets, head_report, multimnist  # noqa: E402
+from kcaps_training import datasets, head_report, multimnist  # noqa: E402
 
 HEADS = ("dynamic", "xnodr", "xnidr")
 

@@ -1,6 +1,6 @@
 """Backbone channel pruning of a capsnet on the real-digits split (Renzulli and Grangetto's table).
 
-    flock /tmp/kcaps-cpu.lock python benchmarks/channel_pruning.py [--epochs 8] [--finetune-epochs 3]
+    flock /tmp/kcaps-cpu.lock python -m benchmarks.channel_pruning [--epochs 8] [--finetune-epochs 3]
 
 `cnn_capsnet` (conv-BN-ReLU backbone 32-64-128-256, a primary-capsule convolution whose kernel
 covers the final 3x3 map: 256 channels -> 32 capsules of 8-D -> 10 class capsules of 16-D) is
@@ -38,7 +38,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def _rss_kib(field):
@@ -58,7 +57,7 @@ def worker(config):
     import kcaps
     from benchmarks import litert_tool
     from benchmarks.common import median_seconds
-    from training import datasets
+    from kcaps_training import datasets
 
     tf.keras.utils.set_random_seed(config["seed"])
     data = datasets.load_real_digits()
@@ -169,11 +168,10 @@ def run_worker(config, output):
     if os.path.exists(path) and config.get("reuse"):
         with open(path) as f:
             return json.load(f)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(config),
+    command = [sys.executable, "-m", "benchmarks.channel_pruning", "--worker", json.dumps(config),
                "--result", path]
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": ROOT,
-                                             "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     print(f"  [{config['name']}: {time.perf_counter() - start:.0f} s]", flush=True)
     with open(path) as f:
         return json.load(f)

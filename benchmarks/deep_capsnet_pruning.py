@@ -1,6 +1,6 @@
 """Vanishing activations in deep capsnets, without and with pruning (Sahu and Altahhan's study).
 
-    flock /tmp/kcaps-cpu.lock python benchmarks/deep_capsnet_pruning.py [--depths 1,3,5]
+    flock /tmp/kcaps-cpu.lock python -m benchmarks.deep_capsnet_pruning [--depths 1,3,5]
 
 For each depth (intermediate capsule layers of 32 capsules of 12-D, Peer et al.'s stack), a
 `deep_capsnet` (conv 9x9 x32 -> 8 primary types of 8-D, 9x9 stride 2: 6x6x8 = 288 primary
@@ -26,13 +26,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kcaps  # noqa: E402
-from training import datasets  # noqa: E402
+from kcaps_training import datasets  # noqa: E402
 
 THRESHOLD = 0.01
 

@@ -1,6 +1,6 @@
 """Full-int8 capsnet and small_capsnet against their float32 TFLite models, same run, real digits.
 
-    python benchmarks/deployment.py [--small-epochs 15] [--capsnet-epochs 3] [--output runs/deployment]
+    python -m benchmarks.deployment [--small-epochs 15] [--capsnet-epochs 3] [--output runs/deployment]
 
 Each model trains on the real-digits split (the first 8,000 MNIST test images; CapsNet only a
 few epochs: about 1.5 minutes an epoch on 2 cores), is converted to float32 and to full int8
@@ -27,14 +27,13 @@ import os
 import pathlib
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import print_table  # noqa: E402
 from kcaps_tflite import benchmark, convert, micro, verify  # noqa: E402
-from training import datasets, deploy  # noqa: E402
-from training import train as recipe  # noqa: E402
+from kcaps_training import datasets, deploy  # noqa: E402
+from kcaps_training import train as recipe  # noqa: E402
 
 
 def trained(model, epochs, data, output, seed):

@@ -1,8 +1,8 @@
 """FasTrCaps' training policies on the real-digits split, against the fixed-rate baseline, same run.
 
-    python benchmarks/fast_training.py [--epochs 15] [--model small_capsnet] \\
+    python -m benchmarks.fast_training [--epochs 15] [--model small_capsnet] \\
         [--output runs/bench_fast_training] [--steps-per-execution 50]
-    python benchmarks/fast_training.py --claim-only --seeds 0 1 2 --epochs 30 \\
+    python -m benchmarks.fast_training --claim-only --seeds 0 1 2 --epochs 30 \\
         --scaled-warm-batch-sizes 1     # the claim alone, repeated over seeds
 
 Trains, one after the other in this process (through `kcaps sweep`'s `run_sweep`, so a run cut
@@ -26,11 +26,10 @@ import os
 import statistics
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import print_table  # noqa: E402
-from training import sweep  # noqa: E402
-from training import train as recipe  # noqa: E402
+from kcaps_training import sweep  # noqa: E402
+from kcaps_training import train as recipe  # noqa: E402
 
 # The paper's MNIST figures (authors' plotting script: accuracy %, epochs to the best accuracy,
 # mean seconds per epoch; time = epochs x seconds; reduction against the baseline's 8,700 s).
@@ -94,7 +93,7 @@ def batch_cost_rows(model_name, n=1024):
     import kcaps
     import tensorflow as tf
     from kcaps.adaptive_batch import AdaptiveBatchDataset
-    from training import datasets
+    from kcaps_training import datasets
 
     data = datasets.load_real_digits()
     x, y = data.x_train[:n], data.y_train[:n]

@@ -1,6 +1,6 @@
 """XnODR networks in Larq Compute Engine vs the float TFLite model of the same network.
 
-    python benchmarks/lce_deploy.py [--backbones mobilenetv2,cnn] [--runs 50] [--output runs/lce_deploy]
+    python -m benchmarks.lce_deploy [--backbones mobilenetv2,cnn] [--runs 50] [--output runs/lce_deploy]
 
 For each backbone (28x28x1 real digits; MobileNetV2 zero-pads them to 32x32): build the XnODR
 network, train it briefly on real digits (so that agreement is checked on a meaningful model),
@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kcaps  # noqa: E402  (first: Keras 2 behind tf.keras, before TensorFlow loads)
 import numpy as np  # noqa: E402
@@ -28,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import print_table  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from kcaps_tflite import lce  # noqa: E402
-from training import datasets  # noqa: E402
+from kcaps_training import datasets  # noqa: E402
 
 
 def lce_latency_ms(flatbuffer, x, runs):

@@ -1,6 +1,6 @@
 """small_capsnet on the real-digits split: first 8,000 MNIST test images train, last 2,000 evaluate.
 
-    python benchmarks/real_digits.py [--epochs 15] [--model small_capsnet] [--output runs/real_digits]
+    python -m benchmarks.real_digits [--epochs 15] [--model small_capsnet] [--output runs/real_digits]
 
 Prints accuracy, parameter count and seconds per epoch (issue 2: at least 98.5% for small_capsnet).
 """
@@ -8,9 +8,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import train as recipe  # noqa: E402
+from kcaps_training import train as recipe  # noqa: E402
 
 
 def main(argv=None):

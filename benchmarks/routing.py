@@ -4,7 +4,7 @@ Classic (the reference implementation's formulation): W tiled over the batch, in
 the output capsules, u_hat by `batch_dot`, and a per-capsule `batch_dot` for s_j and for the agreement in every
 routing iteration. kcaps: one batched matmul per layer, routing by broadcast-and-reduce, no tiling.
 
-    python benchmarks/routing.py [--batch 128] [--repeats 10]
+    python -m benchmarks.routing [--batch 128] [--repeats 10]
 
 Target (issue 2): at least 2x faster, same outputs to 1e-5.
 """
@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kcaps  # noqa: E402
 import numpy as np  # noqa: E402

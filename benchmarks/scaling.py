@@ -1,6 +1,6 @@
 """Training throughput (images/s) for 1 and 2 replicas, and float32 vs mixed precision.
 
-    python benchmarks/scaling.py [--models small_capsnet capsnet] [--steps 30] [--batch 64]
+    python -m benchmarks.scaling [--models small_capsnet capsnet] [--steps 30] [--batch 64]
 
 Without GPUs the "replicas" are logical CPU devices that share this machine's cores, so this
 measures the overhead of tf.distribute's mirroring more than a speed-up; on a GPU machine run
@@ -12,9 +12,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import distribute  # noqa: E402  (imports kcaps: Keras 2 first)
+from kcaps_training import distribute  # noqa: E402  (imports kcaps: Keras 2 first)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

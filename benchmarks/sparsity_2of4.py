@@ -1,6 +1,6 @@
 """2:4 sparsity with tfmot on small_capsnet, converted to TFLite and timed with LiteRT's tool.
 
-    flock /tmp/kcaps-cpu.lock python benchmarks/sparsity_2of4.py [--epochs 8] [--finetune-epochs 3]
+    flock /tmp/kcaps-cpu.lock python -m benchmarks.sparsity_2of4 [--epochs 8] [--finetune-epochs 3]
 
 `small_capsnet` is trained on the first 8,000 MNIST test images; then one copy is fine-tuned
 dense and one under `tfmot.sparsity.keras.prune_low_magnitude(..., sparsity_m_by_n=(2, 4))`
@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -32,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 import kcaps  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 from benchmarks import litert_tool  # noqa: E402
-from training import datasets  # noqa: E402
+from kcaps_training import datasets  # noqa: E402
 
 
 def accuracy(model, data):

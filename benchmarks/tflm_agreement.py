@@ -1,6 +1,6 @@
 """TFLite Micro against LiteRT's three kernel sets, for four int8 builds of one trained model.
 
-    python benchmarks/tflm_agreement.py [--model runs/deployment/small_capsnet/model.keras]
+    python -m benchmarks.tflm_agreement [--model runs/deployment/small_capsnet/model.keras]
 
 Converts the model (trained by `benchmarks/deployment.py`; trained here for 15 epochs if the
 file is missing) to int8 with and without the XNNPACK forms (`kcaps_tflite.xnnpack_int8`) and with
@@ -14,14 +14,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import print_table  # noqa: E402
 from benchmarks.deployment import trained  # noqa: E402
 from kcaps_tflite import convert, files, micro, verify  # noqa: E402
-from training import datasets, deploy  # noqa: E402
+from kcaps_training import datasets, deploy  # noqa: E402
 
 BUILDS = {"default (XNNPACK forms)": dict(),
           "XNNPACK forms + SUM as MEAN": dict(sums_as_means=True),

@@ -1,6 +1,6 @@
 """Weight sharing in the class capsules (FasTrCaps): parameters, speed and accuracy, same run.
 
-    python benchmarks/weight_sharing.py [--epochs 15] [--output runs/bench_weight_sharing]
+    python -m benchmarks.weight_sharing [--epochs 15] [--output runs/bench_weight_sharing]
         [--skip-training]
 
 1. Parameters of CapsNet and small_capsnet with and without sharing (the paper's shared CapsNet
@@ -16,14 +16,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kcaps  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from benchmarks.common import median_seconds, print_table  # noqa: E402
-from training import sweep  # noqa: E402
-from training import train as recipe  # noqa: E402
+from kcaps_training import sweep  # noqa: E402
+from kcaps_training import train as recipe  # noqa: E402
 
 PAPER_PARAMETERS = {"capsnet": 8_227_248, "shared (paper)": 6_719_920}  # incl. 11,520 c_ij
 

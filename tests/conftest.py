@@ -25,7 +25,7 @@ def mnist_dir():
 
 @pytest.fixture(scope="session")
 def real_digits(mnist_dir):
-    from training import datasets
+    from kcaps_training import datasets
 
     return datasets.load_real_digits(mnist_dir)
 

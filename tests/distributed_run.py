@@ -11,10 +11,9 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from training import distribute, datasets  # noqa: E402
-from training import train as recipe  # noqa: E402
+from kcaps_training import distribute, datasets  # noqa: E402
+from kcaps_training import train as recipe  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

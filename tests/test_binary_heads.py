@@ -202,7 +202,7 @@ def test_tensorflow_imported_first_keeps_kcaps_importable_and_binarized_heads_sa
             "kcaps.layers.CapsuleDense(10, 16, routing='dynamic'); print('float ok'); "
             "kcaps.layers.CapsuleDense(10, 16, routing='xnodr')")
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    environment.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    environment.update(TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=environment, timeout=300)
     assert "float ok" in result.stdout, result.stderr[-2000:]

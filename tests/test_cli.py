@@ -10,13 +10,13 @@ import tensorflow as tf
 import kcaps
 from crash import Interrupt, StopAfter
 from conftest import ROOT
-from training import cli
-from training import train as recipe
+from kcaps_training import cli
+from kcaps_training import train as recipe
 
 
 def _run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "training", *args], capture_output=True, text=True,
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "kcaps_training", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)
 
 
@@ -59,7 +59,7 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(args, message, 
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
-    from training import datasets
+    from kcaps_training import datasets
 
     full = datasets.load("digits")
     data = datasets.Dataset("digits", full.x_train[:256], full.y_train[:256], full.x_test[:64],

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from training import datasets, idx
+from kcaps_training import datasets, idx
 
 
 def _write_idx(path, array, compress=False):

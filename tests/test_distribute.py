@@ -10,14 +10,14 @@ import tensorflow as tf
 
 import kcaps
 from conftest import ROOT
-from training import cli, distribute, fast_training
-from training import train as recipe
+from kcaps_training import cli, distribute, fast_training
+from kcaps_training import train as recipe
 
 SCRIPT = str(ROOT / "tests" / "distributed_run.py")
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("TF_CONFIG", None)
     env.update(extra)
     return env

@@ -10,8 +10,8 @@ import kcaps
 from kcaps.adaptive_batch import AdaptiveBatchDataset, AdaptiveBatchSize, BatchSizeSchedule
 from kcaps.schedules import CosineRestarts, OneCycle
 from crash import Interrupt, StopAfter
-from training import datasets, fast_training
-from training import train as recipe
+from kcaps_training import datasets, fast_training
+from kcaps_training import train as recipe
 
 
 def numpy_cosine_restarts(step, lr_min, lr_max, cycles):

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 import kcaps
-from training import cli, head_report
+from kcaps_training import cli, head_report
 
 
 def test_heads_command_prints_profiled_rows(capsys):

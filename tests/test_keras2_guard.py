@@ -8,7 +8,7 @@ from conftest import ROOT
 
 def _python(code, **env):
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    environment.update(env, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+    environment.update(env, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=environment, timeout=300)
 

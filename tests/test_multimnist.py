@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import kcaps
-from training import datasets, multimnist
+from kcaps_training import datasets, multimnist
 
 
 def numpy_shift_onto_canvas(image, dy, dx, max_shift=4):

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import kcaps
-from training import cli
+from kcaps_training import cli
 
 
 @pytest.fixture()

@@ -3,8 +3,8 @@ import csv
 
 import pytest
 
-from training import cli, datasets, pareto, sweep
-from training import train as recipe
+from kcaps_training import cli, datasets, pareto, sweep
+from kcaps_training import train as recipe
 
 
 def test_grid_tokens_parse_to_typed_values():

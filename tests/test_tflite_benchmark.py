@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from kcaps_tflite import benchmark, files, graph, profile
 from tflite_helpers import write
-from training import cli
+from kcaps_training import cli
 
 # Published outputs of the C++ `benchmark_model` (the tool's own text, quoted in documentation).
 # 1. NobuoTsukamoto/meta-tensorflow-lite, docs for the benchmark recipe (mobilenet_v1 on RISC-V
@@ -260,7 +260,7 @@ def test_android_script_pushes_runs_with_the_same_flags_and_pulls(tmp_path):
     model = write(tmp_path, "int8", "small_int8.tflite")
     env = dict(os.environ, FAKE_PHONE=str(phone), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="2")
-    run = subprocess.run([str(ROOT / "scripts" / "android_benchmark.sh"), str(model),
+    run = subprocess.run([str(ROOT / "tflite" / "android_benchmark.sh"), str(model),
                           "--num_threads", "4", "--num_runs=30", "--tool", str(tool),
                           "--out", str(tmp_path / "out")],
                          capture_output=True, text=True, env=env, timeout=300)

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 from kcaps_tflite import graph, micro
 from tflite_helpers import trained_model, write
-from training import cli, deploy
+from kcaps_training import cli, deploy
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,8 @@ def test_quickstart_trains_converts_checks_benchmarks_and_reports(tmp_path):
     """The README's main job (`./scripts/quickstart` runs `kcaps quickstart`), three epochs
     (after one, near-ties between capsule lengths make int8 agreement noisy)."""
     out = tmp_path / "quickstart"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "training", "quickstart", "--epochs", "3",
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-m", "kcaps_training", "quickstart", "--epochs", "3",
                              "--output", str(out)], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

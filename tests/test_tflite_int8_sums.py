@@ -6,7 +6,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from kcaps_tflite import convert, graph, int8_sums, micro, verify
 from tests.tflite_helpers import eval_images, flatbuffer, representative, trained_model
-from training import cli
+from kcaps_training import cli
 
 
 # The two kinds of SUM a capsule network has: |s|^2 over the last axis (keepdims), and a sum

@@ -14,7 +14,7 @@ from kcaps_tflite import convert
 
 @functools.lru_cache(maxsize=None)
 def digits():
-    from training import datasets
+    from kcaps_training import datasets
 
     return datasets.load("digits")
 

@@ -6,7 +6,7 @@
 Engines, in this order:
 
 1. `--tool PATH`, or a `benchmark_model` binary on PATH: the C++ tool itself (on a desktop, or
-   the phone script `scripts/android_benchmark.sh`). It runs with the same flags and its output
+   the phone script `tflite/android_benchmark.sh`). It runs with the same flags and its output
    is parsed (`parse_benchmark_model_output`) into the result below.
 2. Otherwise the official tool shipped in ai-edge-litert,
    `python -m ai_edge_litert.tools.benchmark_litert_model`, in a child process
@@ -265,7 +265,7 @@ def add_arguments(parser):
                                                      "<graph>.benchmark.json)")
     parser.add_argument("--parse", default=None, metavar="OUTPUT.txt",
                         help="do not run: read a saved benchmark_model output (e.g. pulled from "
-                             "a phone by scripts/android_benchmark.sh) into the same JSON")
+                             "a phone by tflite/android_benchmark.sh) into the same JSON")
 
 
 def run_command(args):

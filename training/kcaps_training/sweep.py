@@ -28,8 +28,8 @@ import json
 import os
 import re
 
-from training import datasets, fast_training, pareto
-from training import train as recipe
+from kcaps_training import datasets, fast_training, pareto
+from kcaps_training import train as recipe
 
 # grid key -> parser of one value from the command line
 GRID_KEYS = {
@@ -178,7 +178,7 @@ def run_sweep(base, grids, output_dir, data=None, time_key="fastrcaps_seconds",
       base: the `TrainConfig` the points share (its `output_dir` is ignored).
       grids: list of `{key: [values]}` (keys from `GRID_KEYS`).
       output_dir: the sweep's directory (CSV, PNG, one subdirectory per point).
-      data: a loaded `training.datasets.Dataset` (loaded once from `base` if None).
+      data: a loaded `kcaps_training.datasets.Dataset` (loaded once from `base` if None).
     """
     if time_key not in TIME_KEYS:
         raise ValueError(f"unknown time metric {time_key!r}; valid: {', '.join(TIME_KEYS)}")
@@ -230,7 +230,7 @@ def print_rows(rows, time_key, accuracy_key):
 
 
 def cmd_sweep(args):
-    from training import cli
+    from kcaps_training import cli
 
     base = cli.config_from_args(args, output_dir=args.output)
     grids = [parse_grid(tokens) for tokens in args.grid]
@@ -242,7 +242,7 @@ def cmd_sweep(args):
 
 
 def register(commands):
-    from training import cli
+    from kcaps_training import cli
 
     parser = commands.add_parser(
         "sweep", help="train a grid of configurations and plot accuracy against training time",

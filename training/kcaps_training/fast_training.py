@@ -1,6 +1,6 @@
 """Fast-training options of the recipe (FasTrCaps): learning-rate and batch policies, model options.
 
-`training.train` asks `plan(config, data)` for its learning rate, training data and schedule
+`kcaps_training.train` asks `plan(config, data)` for its learning rate, training data and schedule
 callbacks. With `TrainConfig`'s defaults (`lr_policy="epoch_decay"`, `batch_policy="fixed"`) the
 plan is the recipe's own: Adam at `learning_rate`, decayed by `lr_decay` every epoch through
 `LearningRateScheduler`, and a `tf.data` pipeline at `batch_size`. Otherwise:
@@ -25,7 +25,7 @@ import tensorflow as tf
 
 import kcaps
 from kcaps import adaptive_batch, policies
-from training import datasets
+from kcaps_training import datasets
 
 DEFAULT_LR_POLICY = "epoch_decay"  # the recipe's own: learning_rate * lr_decay ** epoch
 LR_POLICIES = (DEFAULT_LR_POLICY, *policies.LR_POLICIES)
@@ -189,6 +189,6 @@ def config_kwargs(args):
 
 
 def _config_defaults():
-    from training.train import TrainConfig  # noqa: WPS433  (train imports this module)
+    from kcaps_training.train import TrainConfig  # noqa: WPS433  (train imports this module)
 
     return {f.name: f.default for f in dataclasses.fields(TrainConfig)}

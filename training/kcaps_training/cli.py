@@ -1,4 +1,4 @@
-"""The `kcaps` command line (also `python -m training`).
+"""The `kcaps` command line (also `python -m kcaps_training`).
 
     kcaps train --model small_capsnet --dataset digits --epochs 15 --output runs/digits
     kcaps quickstart --output runs/quickstart        # the README's main job
@@ -7,8 +7,8 @@ import argparse
 import importlib
 import sys
 
-from training import distribute, fast_training
-from training import train as recipe
+from kcaps_training import distribute, fast_training
+from kcaps_training import train as recipe
 
 _DEFAULTS = recipe.TrainConfig.__dataclass_fields__
 
@@ -78,8 +78,8 @@ def cmd_train(args):
 
 
 def cmd_quickstart(args):
-    """The main job: train, evaluate, save, then deploy (training.deploy) and report."""
-    from training import datasets, deploy
+    """The main job: train, evaluate, save, then deploy (kcaps_training.deploy) and report."""
+    from kcaps_training import datasets, deploy
 
     config = config_from_args(args, args.output)
     data = datasets.load(config.dataset, config.data_dir)
@@ -92,8 +92,8 @@ def cmd_quickstart(args):
 
 # Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
 # Features add their command in their own module and one line here.
-COMMAND_MODULES = ("training.sweep", "training.head_report", "training.prune_command",
-                   "training.deploy_cli")
+COMMAND_MODULES = ("kcaps_training.sweep", "kcaps_training.head_report", "kcaps_training.prune_command",
+                   "kcaps_training.deploy_cli")
 
 
 def build_parser():

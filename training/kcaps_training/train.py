@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import kcaps
-from training import datasets, distribute, fast_training, plots
+from kcaps_training import datasets, distribute, fast_training, plots
 
 
 @dataclasses.dataclass
@@ -33,9 +33,9 @@ class TrainConfig:
     output_dir: str = "runs/latest"
     seed: int = 0
     verbose: int = 1
-    strategy: str = "default"  # default | mirrored | multiworker (training.distribute)
+    strategy: str = "default"  # default | mirrored | multiworker (kcaps_training.distribute)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | auto
-    # Fast training (FasTrCaps, see `training.fast_training`); these defaults keep the recipe above.
+    # Fast training (FasTrCaps, see `kcaps_training.fast_training`); these defaults keep the recipe above.
     lr_policy: str = "epoch_decay"  # or fixed, exp_decay, one_cycle, warm_restarts, warm_adabatch
     batch_policy: str = "fixed"  # or adabatch: warm_batch_size for warm_epochs, then adabatch_size
     warm_epochs: int = 3

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import kcaps
-from training import datasets
+from kcaps_training import datasets
 
 
 def _layer_ratios(items):

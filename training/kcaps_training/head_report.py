@@ -10,7 +10,7 @@ own, see `kcaps.profiling`), the model size in bytes at deployment precision (1 
 weight, float32 otherwise, plus XnODR's float scaling factors), and, when a dataset is given,
 the test accuracy after training every model with the same recipe (Adam, learning rate x0.9
 per epoch, margin loss, shift augmentation on single digits). With `--multimnist` the models
-train and test on MultiMNIST built from the dataset (`training.multimnist`), and the accuracy is
+train and test on MultiMNIST built from the dataset (`kcaps_training.multimnist`), and the accuracy is
 both-digits-correct.
 """
 import time
@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 
 import kcaps
-from training import datasets
-from training import multimnist as multimnist_lib
+from kcaps_training import datasets
+from kcaps_training import multimnist as multimnist_lib
 
 COLUMNS = ("backbone", "head", "trainable_params", "binary_params", "float_params",
            "binary_macs", "float_macs", "deployment_bytes", "accuracy", "seconds_per_epoch")
@@ -30,7 +30,7 @@ def train_and_evaluate(model, data, epochs, multimnist=False, batch_size=64, lea
                        lr_decay=0.9, max_shift=2, seed=0, verbose=0):
     """Train a compiled-here model with kcaps' recipe on `data`; return accuracy and timing.
 
-    `data` is a `training.datasets.Dataset`, or with `multimnist=True` a pair of MultiMNIST
+    `data` is a `kcaps_training.datasets.Dataset`, or with `multimnist=True` a pair of MultiMNIST
     `tf.data` datasets `(train, test)` (no shift augmentation: the digits are already shifted).
     Accuracy is top-1 of the class scores, or both-digits-correct on MultiMNIST.
     """
@@ -64,7 +64,7 @@ def head_report(backbones=kcaps.models.BACKBONES, heads=kcaps.models.HEADS, inpu
     """One row (a dict of `COLUMNS`) per (backbone, head).
 
     Without `data`, models are only built (for `input_shape` and `num_classes`) and profiled.
-    With a `training.datasets.Dataset`, each is trained for `epochs` and evaluated, on the
+    With a `kcaps_training.datasets.Dataset`, each is trained for `epochs` and evaluated, on the
     dataset itself or, with `multimnist`, on MultiMNIST built from it. `model_kwargs` go to
     `backbone_capsnet` (e.g. `upsample`, `bn_momentum`, `routing_iterations`).
     """

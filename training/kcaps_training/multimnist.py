@@ -7,13 +7,13 @@ uniform integer shifts), then overlays them as a clipped sum, `min(base + top, 1
 image is paired with `pairs_per_image` top images (1,000 in the paper); which ones, and all
 shifts, are drawn from a seeded NumPy generator, so a seed gives the same dataset every time.
 
-Any MNIST-format source works: pass images and labels, or a `training.datasets.Dataset` from
+Any MNIST-format source works: pass images and labels, or a `kcaps_training.datasets.Dataset` from
 `datasets.load` (`idx`, `real_digits`, or tfds `mnist`). `from_dataset(data)` builds the train
 split from the source's training images and the test split from its test images, as Sabour et
 al. do; on the real-digits split that is images 0-7,999 and 8,000-9,999.
 
 >>> import numpy as np
->>> from training import multimnist
+>>> from kcaps_training import multimnist
 >>> images = np.zeros((4, 28, 28), np.uint8); images[:, 10:18, 10:18] = 255
 >>> data = multimnist.multimnist(images, np.array([0, 1, 2, 3]), pairs_per_image=2, seed=0)
 >>> image, label = next(iter(data))
@@ -113,7 +113,7 @@ def multimnist(images, labels, pairs_per_image=1, max_shift=MAX_SHIFT, seed=0, n
 
 
 def from_dataset(data, train_pairs_per_image=1, test_pairs_per_image=1, seed=0):
-    """Train and test MultiMNIST `tf.data.Dataset`s from a `training.datasets.Dataset`.
+    """Train and test MultiMNIST `tf.data.Dataset`s from a `kcaps_training.datasets.Dataset`.
 
     The train split overlays the source's training digits, the test split its test digits
     (seeds `seed` and `seed + 1`).

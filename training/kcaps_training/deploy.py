@@ -68,7 +68,7 @@ def deploy(model, data, output_dir, config=None, name=None, log=print):
 
     Args:
       model: a Keras model or the path of a saved one (pruned or not).
-      data: a `training.datasets.Dataset` (training split for calibration, evaluation split
+      data: a `kcaps_training.datasets.Dataset` (training split for calibration, evaluation split
         for verification, TFLite Micro and accuracy).
       output_dir: the run's output directory (see the module doc for what goes where).
       config: a `DeployConfig`.

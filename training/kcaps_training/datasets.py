@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from training import idx
+from kcaps_training import idx
 
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "smallnorb")
 NAMES = ("digits", "real_digits", "idx", *TFDS_NAMES)

@@ -2,7 +2,7 @@
 # Run TFLite's benchmark tool on an Android phone over adb, with the flags of `kcaps benchmark`:
 # push the tool and the model, run, pull the output (and the op profile), parse it into JSON.
 #
-#   scripts/android_benchmark.sh MODEL.tflite [--num_threads 1] [--warmup_runs 1] [--num_runs 50]
+#   tflite/android_benchmark.sh MODEL.tflite [--num_threads 1] [--warmup_runs 1] [--num_runs 50]
 #       [--use_xnnpack true] [--enable_op_profiling false] [--taskset f0]
 #       [--tool path/to/android_aarch64_benchmark_model] [--out runs/android]
 #
@@ -67,7 +67,7 @@ cat "$OUT/$NAME.benchmark.txt"
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3; [ -x "$(dirname "$0")/../.venv/bin/python" ] && PYTHON="$(dirname "$0")/../.venv/bin/python"
 fi
-PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m kcaps_tflite.benchmark \
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m kcaps_tflite.benchmark \
   --graph "$MODEL" --parse "$OUT/$NAME.benchmark.txt" --num_threads "$NUM_THREADS" \
   --warmup_runs "$WARMUP_RUNS" --num_runs "$NUM_RUNS" --use_xnnpack "$USE_XNNPACK" \
   --json "$OUT/$NAME.benchmark.json"

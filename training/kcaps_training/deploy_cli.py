@@ -6,14 +6,14 @@
     kcaps deploy runs/quickstart/model.keras --output runs/quickstart
 
 `convert` and `micro` draw their data (representative images for int8, real images for the
-checks) from a dataset of `training.datasets`: the training split calibrates, the evaluation
+checks) from a dataset of `kcaps_training.datasets`: the training split calibrates, the evaluation
 split verifies.
 """
 import json
 import pathlib
 
 from kcaps_tflite import benchmark, c_export, convert, files, micro, verify
-from training import datasets, deploy
+from kcaps_training import datasets, deploy
 
 
 def _add_data_arguments(parser):

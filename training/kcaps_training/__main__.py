@@ -1,0 +1,5 @@
+import sys
+
+from kcaps_training.cli import main
+
+sys.exit(main())
