@@ -12,7 +12,6 @@ and `pipeline`, which `deploy` and `quickstart` run); their images come from a d
 `kcaps_training.datasets`: the training split calibrates int8, the evaluation split verifies.
 """
 import argparse
-import importlib
 import json
 import pathlib
 import sys
@@ -257,7 +256,7 @@ def add_deployment_commands(commands):
     c.add_argument("--verify-samples", type=int, default=1000)
     c.add_argument("--min-agreement", type=float, default=None,
                    help="top-1 agreement below which the conversion fails (default per "
-                        "precision: " + ", ".join(f"{k} {v:.0%}"
+                        "precision: " + ", ".join(f"{k} {v:.0%}%"  # argparse: %% prints %
                                                   for k, v in verify.MIN_AGREEMENT.items()) + ")")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--for-micro", action="store_true",
@@ -321,9 +320,82 @@ def add_deployment_commands(commands):
     d.set_defaults(run=cmd_deploy)
 
 
-# Modules that add subcommands: each has `register(commands)` taking the argparse subparsers.
-# Features add their command in their own module and one line here.
-COMMAND_MODULES = ("kcaps_training.sweep", "kcaps_training.head_report", "kcaps_training.prune_command")
+# ---- sweep, heads, prune (their work in kcaps_training.sweep, .head_report, .prune_command) ----
+
+def add_sweep_command(commands):
+    from kcaps_training import sweep
+
+    parser = commands.add_parser(
+        "sweep", help="train a grid of configurations and plot accuracy against training time",
+        description=sweep.__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog=f"grid keys: {', '.join(sweep.GRID_KEYS)}")
+    add_train_arguments(parser)
+    parser.add_argument("--grid", action="append", nargs="+", required=True, metavar="KEY=V1,V2",
+                        help="one grid (repeat for several): KEY=V1,V2,... entries")
+    parser.add_argument("--output", default="runs/sweep", help="sweep directory")
+    parser.add_argument("--time-metric", choices=sweep.TIME_KEYS, default="fastrcaps_seconds")
+    parser.add_argument("--accuracy-metric", choices=sweep.ACCURACY_KEYS,
+                        default="best_accuracy")
+    parser.set_defaults(run=sweep.cmd_sweep, verbose=2)
+
+
+def add_heads_command(commands):
+    import kcaps
+    from kcaps_training import head_report
+
+    parser = commands.add_parser(
+        "heads", help="parameters, MACs, size (and accuracy) of backbone + capsule-head models",
+        description=head_report.__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default=",".join(kcaps.models.BACKBONES),
+                        help="comma-separated: mobilenetv2, resnet50, cnn (default: all)")
+    parser.add_argument("--heads", default=",".join(kcaps.models.HEADS),
+                        help="comma-separated: dense, dynamic, xnodr, xnidr (default: all)")
+    parser.add_argument("--input-shape", default="224,224,3",
+                        help="height,width,channels without a dataset (default: %(default)s)")
+    parser.add_argument("--classes", type=int, default=10, help="classes without a dataset")
+    parser.add_argument("--dataset", default=None,
+                        help="train and evaluate on this dataset (see `kcaps train --help`)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--multimnist", action="store_true",
+                        help="train and evaluate on MultiMNIST built from --dataset")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="use only the first N training images (quick runs)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--upsample", type=int, default=1)
+    parser.add_argument("--bn-momentum", type=float, default=0.99,
+                        help="momentum of the head's BatchNorm (0.9 for short runs)")
+    parser.add_argument("--routing-iterations", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=0)
+    parser.set_defaults(run=head_report.cmd_heads)
+
+
+def add_prune_command(commands):
+    import kcaps
+    from kcaps_training import prune_command
+
+    parser = commands.add_parser(
+        "prune", help="channel-prune a saved model and fine-tune it",
+        description="Remove backbone channels / capsule types / capsules (kcaps.pruning), "
+                    "rebuild the smaller model, fine-tune it with model.fit, save and report.")
+    parser.add_argument("model_path", help="a saved .keras model")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="ratio for every Conv2D and PrimaryCapsules layer, in [0, 1)")
+    parser.add_argument("--layer-ratio", action="append", default=[], metavar="LAYER=RATIO",
+                        help="ratio of one layer (repeatable; overrides --ratio)")
+    parser.add_argument("--criterion", default="l1", choices=kcaps.pruning.CRITERIA)
+    parser.add_argument("--samples", type=int, default=256,
+                        help="training images for the chip/activity criteria")
+    parser.add_argument("--dataset", default="real_digits")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--max-shift", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", type=int, default=2)
+    parser.add_argument("--output", default="runs/pruned")
+    parser.set_defaults(run=prune_command.cmd_prune)
 
 
 def build_parser():
@@ -348,8 +420,9 @@ def build_parser():
     _add_firmware_arguments(quick)
     quick.set_defaults(run=cmd_quickstart, verbose=2)
 
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(commands)
+    add_sweep_command(commands)
+    add_heads_command(commands)
+    add_prune_command(commands)
     add_deployment_commands(commands)
     return parser
 
