@@ -205,7 +205,8 @@ def test_benchmark_command_parses_a_saved_tool_output(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["inference_us"]["avg"] == 56265.8 and result["num_threads"] == 4
     assert result["use_xnnpack"] is False and result["engine"].startswith("benchmark_model (output")
-    assert cli.main(["benchmark", "--graph", "m.tflite", "--parse", str(tmp_path / "none.txt")]) == 2
+    missing = str(tmp_path / "none.txt")
+    assert cli.main(["benchmark", "--graph", "m.tflite", "--parse", missing]) == 2
     assert "benchmark output not found" in capsys.readouterr().err
 
 

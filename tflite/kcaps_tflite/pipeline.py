@@ -296,8 +296,9 @@ def _benchmark(builds, out, config, log):
             benchmark.write_result(result, out / "benchmarks" / f"{build}_{threads}threads.json")
             results[f"{build}@{threads}"] = {k: v for k, v in result.items() if k != "output"}
             b["latency_us"][threads] = result["inference_us"]["avg"]
-        log(f"{build:10s} latency " + ", ".join(
-            f"{t} thread{'s' if t > 1 else ''} {b['latency_us'][t]:.0f} us" for t in config.threads))
+        log(f"{build:10s} latency " + ", ".join(f"{t} thread{'s' if t > 1 else ''} "
+                                                f"{b['latency_us'][t]:.0f} us"
+                                                for t in config.threads))
     return results
 
 
