@@ -72,6 +72,14 @@ def test_firmware_stage_is_off_by_default_and_refused_without_the_toolchain(tmp_
         pipeline.firmware_stage(pipeline.PipelineConfig(firmware="on", micro_build=False))
 
 
+def test_quickstart_with_firmware_on_and_no_toolchain_stops_before_training(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "run"
+    assert cli.main(["quickstart", "--firmware", "on", "--output", str(out)]) == 2
+    assert "lacks" in capsys.readouterr().err and not out.exists()
+
+
 def _calibration(count):
     return convert.calibration_sample(digits().x_train, count, 0)
 

@@ -136,10 +136,14 @@ def _add_firmware_arguments(parser):
 
 
 def _pipeline_config(args, **fields):
+    """The pipeline's config from the flags, checked (a missing firmware toolchain with
+    `--firmware on` included) before any data is loaded or any model trained."""
     from kcaps_tflite import pipeline
 
-    return pipeline.PipelineConfig(firmware=args.firmware, firmware_board=args.firmware_board,
-                                   firmware_kernels=args.firmware_kernels, **fields)
+    config = pipeline.PipelineConfig(firmware=args.firmware, firmware_board=args.firmware_board,
+                                     firmware_kernels=args.firmware_kernels, **fields)
+    pipeline.firmware_stage(config)
+    return config
 
 
 def _deploy(model_path, data, output_dir, config, name=None):
