@@ -9,7 +9,8 @@ on the last 2,000 images: accuracy in LiteRT, file size, latency at 1 and 2 thre
 official benchmark tool, XNNPACK on, as LiteRT runs by default, and TFLite's builtin kernels),
 the routing's share of the latency (LiteRT's op profiler, builtin kernels, 1 thread) and, for
 small_capsnet, TFLite Micro on all 2,000 images, for the default int8 model and for the
-microcontroller build (`kcaps convert --for-micro`: no XNNPACK forms, SUMs as MEAN x count).
+microcontroller build (`kcaps convert --for-micro`: no XNNPACK forms, SUMs as MEAN x count),
+both from the deployment pipeline (`kcaps_tflite.pipeline`).
 
 The int8 model is converted with the forms XNNPACK runs in int8 (`kcaps_tflite.xnnpack_int8`:
 first convolution on 2x2 pixel blocks, zero point 0 on BATCH_MATMUL operands); the plain
@@ -31,8 +32,8 @@ import sys
 import numpy as np  # noqa: E402
 
 from benchmarks.common import print_table  # noqa: E402
-from kcaps_tflite import benchmark, convert, micro, verify  # noqa: E402
-from kcaps_training import datasets, deploy  # noqa: E402
+from kcaps_tflite import benchmark, convert, pipeline, verify  # noqa: E402
+from kcaps_training import datasets  # noqa: E402
 from kcaps_training import train as recipe  # noqa: E402
 
 
@@ -58,19 +59,17 @@ def interleaved_latency(paths, rounds, num_runs):
     return {key: float(np.median(values)) for key, values in runs.items()}
 
 
-def micro_build(path, data, out, config, float32_bytes):
-    """The microcontroller build (`kcaps convert --for-micro`): no XNNPACK forms, SUMs as MEAN x
-    count; its size, arena and top-1 agreement of TFLite Micro with LiteRT on every test image."""
-    flatbuffer = convert.convert(path, "int8", representative_data=deploy.calibration_sample(
-        data.x_train, config.calibration_samples, config.seed), **convert.MICRO_BUILD)
-    convert.save(flatbuffer, out / "tflite" / f"{out.name}_int8_micro.tflite")
-    m = micro.analyze(flatbuffer, data.x_test, data.y_test, targets=("mcu-256k-64k",))
-    print(f"microcontroller build (--for-micro): {m.model_bytes:,} bytes "
-          f"({float32_bytes / m.model_bytes:.2f}x smaller than float32), arena {m.arena_bytes:,} "
-          f"bytes, 256 KB / 64 KB budget: {'fits' if m.budgets[0]['fits'] else 'does NOT fit'}; "
-          f"TFLite Micro top-1 agreement with LiteRT's builtin kernels "
-          f"{m.agreement_with_litert_builtin:.2%}, with XNNPACK {m.agreement_with_litert:.2%} "
-          f"on {m.samples} images (accuracy {m.accuracy:.2%})")
+def print_micro_build(m, float32_bytes):
+    """The microcontroller build (`kcaps convert --for-micro`, the pipeline's `int8_micro`): its
+    size, arena and top-1 agreement of TFLite Micro with LiteRT on every test image."""
+    fits = next(b for b in m["budgets"] if b["target"] == "mcu-256k-64k")["fits"]
+    print(f"microcontroller build (--for-micro): {m['model_bytes']:,} bytes "
+          f"({float32_bytes / m['model_bytes']:.2f}x smaller than float32), arena "
+          f"{m['arena_bytes']:,} bytes, 256 KB / 64 KB budget: {'fits' if fits else 'does NOT fit'}"
+          f"; TFLite Micro top-1 agreement with LiteRT's builtin kernels "
+          f"{m['agreement_with_litert_builtin']:.2%}, with XNNPACK "
+          f"{m['agreement_with_litert']:.2%} on {m['samples']} images (accuracy "
+          f"{m['accuracy']:.2%})")
 
 
 def main(argv=None):
@@ -90,11 +89,13 @@ def main(argv=None):
             ("capsnet", args.capsnet_epochs, 0, max(args.num_runs // 4, 20))):
         out = pathlib.Path(args.output) / model
         path, metrics = trained(model, epochs, data, out, args.seed)
-        config = deploy.DeployConfig(precisions=("float32", "int8"), micro_samples=micro_samples,
-                                     num_runs=num_runs, warmup_runs=10, seed=args.seed)
-        d = deploy.deploy(path, data, out, config, name=model)
-        paths = {p: d["conversions"][p]["file"] for p in ("float32", "int8")}
-        plain = convert.convert(path, "int8", representative_data=deploy.calibration_sample(
+        config = pipeline.PipelineConfig(precisions=("float32", "int8"),
+                                         micro_samples=micro_samples, num_runs=num_runs,
+                                         warmup_runs=10, seed=args.seed)
+        d = pipeline.run(path, out, data.x_train, data.x_test, data.y_test, config, name=model,
+                         data_description=data.describe())
+        paths = {p: d["builds"][p]["file"] for p in ("float32", "int8")}
+        plain = convert.convert(path, "int8", representative_data=convert.calibration_sample(
             data.x_train, config.calibration_samples, config.seed), xnnpack_forms=False)
         paths["int8 plain"] = convert.save(plain, out / "tflite" / f"{model}_int8_plain.tflite")
         plain_accuracy = float(np.mean(verify.predict(plain, data.x_test).argmax(-1) == data.y_test))
@@ -106,7 +107,7 @@ def main(argv=None):
         speedup = {t: f32["latency_us"][t] / i8["latency_us"][t] for t in config.threads}
         ratio = {(p, x): us[("float32", x)] / us[(p, x)] for p in ("int8", "int8 plain")
                  for x in (True, False)}
-        m = d["micro"]
+        m = d["micro"]["int8"]
         rows.append({
             "model": f"{model} ({epochs} epochs)" if metrics else model,
             "float32 acc": f"{f32['accuracy']:.2%}", "int8 acc": f"{i8['accuracy']:.2%}",
@@ -137,7 +138,7 @@ def main(argv=None):
                   f"{m['agreement_with_litert_builtin']:.2%}) on {m['samples']} images "
                   f"(accuracy {m['accuracy']:.2%} vs LiteRT {m['litert_accuracy']:.2%})")
             ok &= fits and m["agreement_with_litert"] == 1.0
-            micro_build(path, data, out, config, f32["size_bytes"])
+            print_micro_build(d["micro"][pipeline.MICRO_BUILD_NAME], f32["size_bytes"])
 
     print("\nTargets: int8 accuracy loss <= 0.3 pp, >= 3.5x smaller, faster at 1 thread "
           "(XNNPACK, the default).")

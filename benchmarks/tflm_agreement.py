@@ -20,7 +20,8 @@ import numpy as np  # noqa: E402
 from benchmarks.common import print_table  # noqa: E402
 from benchmarks.deployment import trained  # noqa: E402
 from kcaps_tflite import convert, files, micro, verify  # noqa: E402
-from kcaps_training import datasets, deploy  # noqa: E402
+from kcaps_tflite import pipeline  # noqa: E402
+from kcaps_training import datasets  # noqa: E402
 
 BUILDS = {"default (XNNPACK forms)": dict(),
           "XNNPACK forms + SUM as MEAN": dict(sums_as_means=True),
@@ -39,9 +40,9 @@ def main(argv=None):
     model = args.model
     if not os.path.exists(model):
         model, _ = trained("small_capsnet", 15, data, os.path.dirname(model), args.seed)
-    config = deploy.DeployConfig()
-    representative = deploy.calibration_sample(data.x_train, config.calibration_samples,
-                                               config.seed)
+    config = pipeline.PipelineConfig()
+    representative = convert.calibration_sample(data.x_train, config.calibration_samples,
+                                                config.seed)
     float32_bytes = len(convert.convert(model, "float32"))
     x, y = data.x_test, data.y_test.reshape(-1)
     rows = []

@@ -77,3 +77,73 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
 
 def test_python_dash_m_training_runs_the_same_cli():
     assert _run("--help").returncode == 0
+
+
+# Every subcommand of `kcaps` and every flag it had when the deployment commands moved into this
+# module (issue 16); new flags may join, none may leave.
+SUBCOMMAND_FLAGS = {
+    "benchmark": ["--enable_op_profiling", "--graph", "--json", "--num_runs", "--num_threads",
+                  "--parse", "--tool", "--use_xnnpack", "--warmup_runs"],
+    "convert": ["--calibration-samples", "--data-dir", "--dataset", "--for-micro",
+                "--min-agreement", "--output", "--precision", "--seed", "--verify-samples",
+                "model"],
+    "deploy": ["--data-dir", "--dataset", "--micro-samples", "--num-runs", "--output",
+               "--precisions", "model", "--firmware", "--firmware-board", "--firmware-kernels"],
+    "heads": ["--backbones", "--bn-momentum", "--classes", "--data-dir", "--dataset", "--epochs",
+              "--heads", "--input-shape", "--multimnist", "--routing-iterations", "--seed",
+              "--train-samples", "--upsample", "--verbose"],
+    "micro": ["--arena-size", "--data-dir", "--dataset", "--export", "--json", "--samples",
+              "--target", "model"],
+    "prune": ["--batch-size", "--criterion", "--data-dir", "--dataset", "--epochs",
+              "--layer-ratio", "--learning-rate", "--max-shift", "--output", "--ratio",
+              "--samples", "--seed", "--verbose", "model_path"],
+    "quickstart": ["--adabatch-size", "--batch-policy", "--batch-size", "--cpu-replicas",
+                   "--data-dir", "--dataset", "--decay-steps", "--decoder", "--epochs",
+                   "--learning-rate", "--lr-decay", "--lr-policy", "--max-shift", "--model",
+                   "--output", "--precision", "--routing-iterations", "--seed",
+                   "--sharing-order", "--squash", "--steps-per-execution", "--strategy",
+                   "--verbose", "--warm-batch-size", "--warm-epochs", "--weight-sharing",
+                   "--firmware", "--firmware-board", "--firmware-kernels"],
+    "sweep": ["--accuracy-metric", "--adabatch-size", "--batch-policy", "--batch-size",
+              "--cpu-replicas", "--data-dir", "--dataset", "--decay-steps", "--decoder",
+              "--epochs", "--grid", "--learning-rate", "--lr-decay", "--lr-policy", "--max-shift",
+              "--model", "--output", "--precision", "--routing-iterations", "--seed",
+              "--sharing-order", "--squash", "--steps-per-execution", "--strategy",
+              "--time-metric", "--verbose", "--warm-batch-size", "--warm-epochs",
+              "--weight-sharing"],
+}
+SUBCOMMAND_FLAGS["train"] = [f for f in SUBCOMMAND_FLAGS["quickstart"] if "firmware" not in f]
+
+
+def test_every_subcommand_and_flag_is_still_there(capsys):
+    import argparse
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(SUBCOMMAND_FLAGS) <= set(commands.choices)
+    for name, flags in SUBCOMMAND_FLAGS.items():
+        found = {option for action in commands.choices[name]._actions
+                 for option in (action.option_strings or [action.dest])}
+        assert set(flags) <= found, (name, sorted(set(flags) - found))
+        with pytest.raises(SystemExit) as exit_:  # `kcaps NAME --help` prints every flag
+            parser.parse_args([name, "--help"])
+        assert exit_.value.code == 0
+        printed = capsys.readouterr().out
+        assert all(flag in printed for flag in flags if flag.startswith("--")), name
+
+
+def test_argument_parsing_lives_in_the_cli_module_only():
+    sources = [*(ROOT / "tflite" / "kcaps_tflite").glob("*.py"),
+               *(ROOT / "training" / "kcaps_training").glob("*.py")]
+    parsers = sorted(p.name for p in sources
+                     if "add_parser(" in p.read_text() or "ArgumentParser(" in p.read_text())
+    assert parsers == ["cli.py"]
+    # the deployment package parses no flags and imports nothing of the application
+    import ast
+
+    for path in (ROOT / "tflite" / "kcaps_tflite").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not [n for n in names if n.split(".")[0] in ("argparse", "kcaps_training")], \
+                (path.name, names)

@@ -194,6 +194,22 @@ def test_a_real_tool_binary_runs_with_the_same_flags(tmp_path, monkeypatch):
     assert benchmark.benchmark(path, num_runs=5)["engine"].startswith("benchmark_model")
 
 
+def test_benchmark_command_parses_a_saved_tool_output(tmp_path, capsys):
+    saved = tmp_path / "phone.txt"
+    saved.write_text(ANDROID_WITH_PEAK_MEMORY)
+    out = tmp_path / "phone.json"
+    assert cli.main(["benchmark", "--graph", str(tmp_path / "on_the_phone.tflite"), "--parse",
+                     str(saved), "--num_threads", "4", "--use_xnnpack", "false",
+                     "--json", str(out)]) == 0
+    assert "Inference timings in us: Init:" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["inference_us"]["avg"] == 56265.8 and result["num_threads"] == 4
+    assert result["use_xnnpack"] is False and result["engine"].startswith("benchmark_model (output")
+    missing = str(tmp_path / "none.txt")
+    assert cli.main(["benchmark", "--graph", "m.tflite", "--parse", missing]) == 2
+    assert "benchmark output not found" in capsys.readouterr().err
+
+
 def test_bad_benchmark_input_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.tflite"):
         benchmark.benchmark(tmp_path / "missing.tflite")

@@ -1,15 +1,20 @@
-"""The deployment commands and the README's main job end to end."""
+"""The deployment pipeline from a saved file, the deployment commands, and the README's main job."""
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import types
 
+import numpy as np
 import pytest
 
+import kcaps
 from conftest import ROOT
-from kcaps_tflite import graph, micro
-from tflite_helpers import trained_model, write
-from kcaps_training import cli, deploy
+from kcaps_tflite import convert, graph, micro, pipeline, verify
+from tflite_helpers import digits, trained_model, write
+from kcaps_training import cli
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +48,154 @@ def test_micro_command_reports_arena_budget_and_exports_c(tmp_path, capsys):
     assert "arena of 512 bytes is too small" in capsys.readouterr().err
 
 
-def test_deploy_config_refuses_bad_values():
+def test_pipeline_config_refuses_bad_values():
     with pytest.raises(ValueError, match="unknown precision"):
-        deploy.DeployConfig(precisions=("int3",))
+        pipeline.PipelineConfig(precisions=("int3",))
     with pytest.raises(ValueError, match="unknown target 'esp8266'"):
-        deploy.DeployConfig(targets=("esp8266",))
+        pipeline.PipelineConfig(targets=("esp8266",))
     with pytest.raises(ValueError, match="`num_runs` must be an integer >= 1"):
-        deploy.DeployConfig(num_runs=0)
+        pipeline.PipelineConfig(num_runs=0)
+    with pytest.raises(ValueError, match="`threads` must be integers >= 1"):
+        pipeline.PipelineConfig(threads=(0,))
 
 
-def test_quickstart_trains_converts_checks_benchmarks_and_reports(tmp_path):
+def test_firmware_stage_is_off_by_default_and_refused_without_the_toolchain(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no arm-none-eabi-gcc, no qemu-system-arm here
+    assert pipeline.firmware_stage(pipeline.PipelineConfig()) == \
+        (False, "off (PipelineConfig.firmware / kcaps deploy --firmware)")
+    runs, why = pipeline.firmware_stage(pipeline.PipelineConfig(firmware="auto"))
+    assert not runs and "arm-none-eabi-gcc" in why and "qemu-system-arm" in why
+    with pytest.raises(ValueError, match="lacks .*arm-none-eabi-gcc, qemu-system-arm"):
+        pipeline.firmware_stage(pipeline.PipelineConfig(firmware="on"))
+    with pytest.raises(ValueError, match="runs the microcontroller build"):
+        pipeline.firmware_stage(pipeline.PipelineConfig(firmware="on", micro_build=False))
+
+
+def test_quickstart_with_firmware_on_and_no_toolchain_stops_before_training(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "run"
+    assert cli.main(["quickstart", "--firmware", "on", "--output", str(out)]) == 2
+    assert "lacks" in capsys.readouterr().err and not out.exists()
+
+
+def _calibration(count):
+    return convert.calibration_sample(digits().x_train, count, 0)
+
+
+def test_pipeline_from_a_saved_file_builds_checks_analyses_the_micro_build_and_reports(
+        tmp_path, monkeypatch):
+    path = tmp_path / "model.keras"
+    trained_model().save(path)
+    # The firmware hook, with a stand-in for the firmware issue's module (kcaps_tflite.firmware):
+    # it records what the pipeline hands it and returns figures the report must carry.
+    calls = []
+
+    def run_firmware(model_path, board, kernels, inputs):
+        calls.append((open(model_path, "rb").read(), board, kernels, np.array(inputs)))
+        return {"instructions_per_invoke": 1234567, "top1_agreement_with_tflm": 1.0}
+
+    monkeypatch.setitem(sys.modules, pipeline.FIRMWARE_MODULE,
+                        types.SimpleNamespace(run_firmware=run_firmware))
+    monkeypatch.setattr(pipeline, "firmware_missing", lambda: [])
+    data = digits()
+    config = pipeline.PipelineConfig(precisions=("float32", "int8"), threads=(1,), num_runs=5,
+                                     warmup_runs=1, micro_samples=20, verify_samples=100,
+                                     calibration_samples=50, firmware="auto", firmware_samples=3)
+    lines = []
+    d = pipeline.run(path, tmp_path / "out", data.x_train, data.x_test, data.y_test, config,
+                     data_description="digits", log=lines.append)
+    out = tmp_path / "out"
+    tflite = {b: out / "tflite" / f"small_capsnet_{b}.tflite"
+              for b in ("float32", "int8", "int8_micro")}
+    for name in ("report.md", "comparison.png", "deployment.json", "micro/model_data.h",
+                 "micro/model_data.cc", "benchmarks/int8_micro_1threads.json",
+                 "benchmarks/int8_op_profile.txt", *tflite.values()):
+        assert (out / name).is_file(), name
+    # written once, from the dict returned
+    assert json.loads((out / "deployment.json").read_text())["builds"]["int8"]["size_bytes"] == \
+        d["builds"]["int8"]["size_bytes"]
+    # converted from the file: its hash, and the same bytes as converting the file directly
+    assert d["model_file_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    direct = convert.convert(path, "int8", representative_data=_calibration(50),
+                             **convert.MICRO_BUILD)
+    assert tflite["int8_micro"].read_bytes() == direct
+    assert tflite["int8"].read_bytes() != direct
+    assert d["builds"]["int8_micro"]["options"] == convert.MICRO_BUILD
+    assert all(b["verification"]["passed"] for b in d["builds"].values())
+    # TFLite Micro: both int8 builds analysed, the microcontroller build is the one reported
+    assert d["microcontroller_build"] == "int8_micro" and set(d["micro"]) == {"int8", "int8_micro"}
+    arena = micro.find_arena_size(tflite["int8_micro"])
+    assert d["micro"]["int8_micro"]["arena_bytes"] == arena
+    assert d["micro"]["int8"]["arena_bytes"] == micro.find_arena_size(tflite["int8"])
+    assert d["micro"]["int8_micro"]["samples"] == 20
+    source = (out / "micro" / "model_data.cc").read_text()
+    assert f"g_model_data_len = {len(direct)};" in source
+    report = (out / "report.md").read_text()
+    section = report.split("## TFLite Micro: the microcontroller build (`int8_micro`)")[1]
+    assert f"smallest working arena {arena:,} bytes" in section.split("##")[0]
+    side_by_side = report.split("## The int8 builds side by side")[1].split("##")[0]
+    assert "| | `int8` | `int8_micro` |" in side_by_side
+    for row in ("TFLite Micro arena (KB)", "fits mcu-256k-64k", "top-1 agreement with Keras",
+                "TFLite Micro vs LiteRT (XNNPACK)"):
+        assert row in side_by_side
+    # the firmware hook got the microcontroller build and the first images
+    assert len(calls) == 1 and calls[0][0] == direct
+    assert calls[0][1:3] == ("mps2-an386", "cmsis_nn")
+    np.testing.assert_array_equal(calls[0][3], data.x_test[:3])
+    assert d["firmware"]["status"] == "ran" and d["firmware"]["build"] == "int8_micro"
+    assert "| instructions_per_invoke | 1234567 |" in report
+    assert d["benchmarks"]["int8_micro@1"]["inference_us"]["avg"] > 0
+    assert 0 < d["routing_profile"]["int8"]["routing_share"] < 1
+    assert any(line.startswith("TFLite Micro, int8_micro: arena") for line in lines)
+
+
+def test_pipeline_refuses_a_model_in_memory_and_a_missing_file(tmp_path):
+    data = digits()
+    with pytest.raises(TypeError, match="starts from a saved model file"):
+        pipeline.run(trained_model(), tmp_path, data.x_train, data.x_test)
+    with pytest.raises(FileNotFoundError, match="Keras model not found"):
+        pipeline.run(tmp_path / "nope.keras", tmp_path, data.x_train, data.x_test)
+
+
+def _nan_model(tmp_path):
+    model = kcaps.models.small_capsnet(conv_filters=(4, 8), capsule_types=2)
+    model.set_weights([np.full(w.shape, np.nan, w.dtype) for w in model.get_weights()])
+    path = tmp_path / "nan.keras"
+    model.save(path)
+    return model, path
+
+
+def test_a_nan_weight_model_is_refused_naming_precision_and_count(tmp_path):
+    model, path = _nan_model(tmp_path)
+    x = digits().x_test[:20]
+    flatbuffer = convert.convert(model, "int8", representative_data=x)
+    with pytest.raises(verify.VerificationError,
+                       match=r"int8 verification failed: 200 of 200 outputs of the Keras model "
+                             r"are not finite"):
+        verify.verify(model, flatbuffer, x, precision="int8")
+    # a converted model's own non-finite outputs, against finite Keras outputs
+    scores = model.predict(x, verbose=0)
+    finite = np.ones_like(scores)
+    tflite = finite.copy()
+    tflite[3, 2], tflite[7] = np.inf, np.nan
+    with pytest.raises(verify.VerificationError,
+                       match=r"float16 verification failed: 11 of 200 outputs of the float16 "
+                             r"model are not finite \(NaN or Inf\)"):
+        verify.verify(model, flatbuffer, x, precision="float16", keras_scores=finite,
+                      tflite_scores=tflite)
+    # the pipeline stops there: no build, no report
+    data = digits()
+    config = pipeline.PipelineConfig(precisions=("int8",), micro_build=False, verify_samples=20,
+                                     calibration_samples=20, profile=False)
+    with pytest.raises(verify.VerificationError, match=r"int8 verification failed: 200 of 200"):
+        pipeline.run(path, tmp_path / "out", data.x_train, data.x_test, data.y_test, config)
+    assert not (tmp_path / "out" / "report.md").exists()
+    assert not (tmp_path / "out" / "tflite").exists()
+
+
+def test_quickstart_trains_saves_and_deploys_the_saved_file(tmp_path):
     """The README's main job (`./scripts/quickstart` runs `kcaps quickstart`), three epochs
     (after one, near-ties between capsule lengths make int8 agreement noisy)."""
     out = tmp_path / "quickstart"
@@ -61,24 +204,32 @@ def test_quickstart_trains_converts_checks_benchmarks_and_reports(tmp_path):
                              "--output", str(out)], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("model.keras", "report.md", "comparison.png", "metrics.json",
+    builds = (*pipeline.PipelineConfig.precisions, pipeline.MICRO_BUILD_NAME)
+    for name in ("model.keras", "report.md", "comparison.png", "metrics.json", "deployment.json",
                  "micro/model_data.cc", "micro/model_data.h",
-                 *(f"tflite/small_capsnet_{p}.tflite" for p in deploy.DeployConfig.precisions),
+                 *(f"tflite/small_capsnet_{b}.tflite" for b in builds),
                  "benchmarks/int8_1threads.json", "benchmarks/float32_2threads.json",
                  "benchmarks/int8_op_profile.txt"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["test_accuracy"] > 0  # training metrics kept
-    d = metrics["deployment"]
-    assert set(d["conversions"]) == set(deploy.DeployConfig.precisions)
-    assert all(c["passed"] for c in d["conversions"].values())
-    assert d["micro"]["arena_bytes"] > 0 and d["micro"]["samples"] > 0
-    assert {b["target"] for b in d["micro"]["budgets"]} == set(micro.TARGETS)
-    assert 0 < d["routing_profile"]["int8"]["routing_share"] < 1
+    assert metrics["test_accuracy"] > 0 and "deployment" not in metrics  # training's own file
+    d = json.loads((out / "deployment.json").read_text())
+    assert d["model_file"] == str(out / "model.keras")
+    assert d["model_file_sha256"] == hashlib.sha256((out / "model.keras").read_bytes()).hexdigest()
+    assert set(d["builds"]) == set(builds)
+    assert all(b["verification"]["passed"] for b in d["builds"].values())
+    assert d["microcontroller_build"] == "int8_micro"
+    m = d["micro"]["int8_micro"]
+    assert m["arena_bytes"] == micro.find_arena_size(out / "tflite/small_capsnet_int8_micro.tflite")
+    assert m["samples"] > 0 and {b["target"] for b in m["budgets"]} == set(micro.TARGETS)
+    assert d["firmware"]["status"].startswith("off")
     latency = {v["precision"]: v["latency_us"] for v in d["variants"]}
-    assert all(latency[p]["1"] > 0 and latency[p]["2"] > 0 for p in latency)
+    assert all(latency[b]["1"] > 0 and latency[b]["2"] > 0 for b in latency)
     report = (out / "report.md").read_text()
-    for heading in ("## Variants", "## TFLite Micro (int8)", "## Benchmark tool results",
+    for heading in ("## Builds", "## The int8 builds side by side",
+                    "## TFLite Micro: the microcontroller build (`int8_micro`)",
+                    "## Firmware on an emulated Cortex-M", "## Benchmark tool results",
                     "## Where the time goes"):
         assert heading in report
+    assert re.search(r"deployment of .*model\.keras", result.stdout)
     assert "deployment outputs in" in result.stdout

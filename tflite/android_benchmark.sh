@@ -35,6 +35,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+for pair in "num_threads=$NUM_THREADS" "warmup_runs=$WARMUP_RUNS" "num_runs=$NUM_RUNS"; do
+  [[ "${pair#*=}" =~ ^-?[0-9]+$ ]] || { echo "android_benchmark.sh: --${pair%%=*} must be an integer, got '${pair#*=}'" >&2; exit 2; }
+done
+[[ "$USE_XNNPACK" =~ ^(true|false)$ ]] || { echo "android_benchmark.sh: --use_xnnpack must be true or false, got '$USE_XNNPACK'" >&2; exit 2; }
 [ -f "$MODEL" ] || { echo "android_benchmark.sh: model not found: $MODEL" >&2; exit 2; }
 [ -n "$TOOL" ] && [ -f "$TOOL" ] || {
   echo "android_benchmark.sh: benchmark_model binary for the phone not found: '${TOOL}' (--tool or \$BENCHMARK_MODEL)" >&2; exit 2; }
@@ -67,7 +71,14 @@ cat "$OUT/$NAME.benchmark.txt"
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3; [ -x "$(dirname "$0")/../.venv/bin/python" ] && PYTHON="$(dirname "$0")/../.venv/bin/python"
 fi
-PYTHONPATH="$(cd "$(dirname "$0")" && pwd)${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m kcaps_tflite.benchmark \
-  --graph "$MODEL" --parse "$OUT/$NAME.benchmark.txt" --num_threads "$NUM_THREADS" \
-  --warmup_runs "$WARMUP_RUNS" --num_runs "$NUM_RUNS" --use_xnnpack "$USE_XNNPACK" \
-  --json "$OUT/$NAME.benchmark.json"
+# Parse it with the deployment library alone (kcaps_tflite.benchmark; the flags were parsed above):
+# this script needs neither the application nor TensorFlow.
+PYTHONPATH="$(cd "$(dirname "$0")" && pwd)${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -c '
+import sys
+from kcaps_tflite import benchmark
+model, text, json_path, threads, warmup, runs, xnnpack = sys.argv[1:]
+result = benchmark.parse_output_file(text, model, int(threads), int(warmup), int(runs),
+                                     xnnpack.lower() in ("1", "true", "yes", "on"))
+print("result:", benchmark.write_result(result, json_path))
+' "$MODEL" "$OUT/$NAME.benchmark.txt" "$OUT/$NAME.benchmark.json" "$NUM_THREADS" \
+  "$WARMUP_RUNS" "$NUM_RUNS" "$USE_XNNPACK"

@@ -1,7 +1,7 @@
 """kcaps_tflite: deploy kcaps models to phones and microcontrollers.
 
 Named so as not to shadow PyPI's `tflite` package. It imports `kcaps` (to load capsule layers),
-never `training`.
+never `kcaps_training` (the application calls it with paths and arrays).
 
 - `convert`: Keras model or saved file -> `.tflite` (float32, float16, dynamic, int8, binary)
 - `verify`: run in the LiteRT interpreter next to Keras; top-1 agreement, length differences
@@ -9,7 +9,9 @@ never `training`.
 - `c_export`: `model_data.cc` / `.h` for firmware
 - `benchmark`: the TFLite benchmark tool's method and flags (host engine or the real binary)
 - `profile`: per-operator latency from LiteRT's profiler; the routing's share
-- `report`: comparison table and chart of a model's variants
+- `report`: the deployment report (report.md, comparison.png, deployment.json), written once
+- `pipeline`: a saved model file -> phone variants and the microcontroller int8 build, verified,
+  TFLite Micro, C export, firmware hook, benchmark, report (`kcaps deploy`, `kcaps quickstart`)
 - `lce`: binary conversion of larq models and LCE's interpreter
 - `xnnpack_int8`: int8 forms that LiteRT's XNNPACK engine runs in int8 (first conv, matmuls)
 - `graph`, `float_islands`, `files`: what a flatbuffer holds, TFLite-Micro-ready int8, safe files
@@ -21,7 +23,7 @@ otherwise count.
 import importlib
 
 __all__ = ["benchmark", "c_export", "convert", "files", "float_islands", "graph", "lce", "micro",
-           "profile", "report", "verify", "xnnpack_int8"]
+           "pipeline", "profile", "report", "verify", "xnnpack_int8"]
 
 
 def __getattr__(name):

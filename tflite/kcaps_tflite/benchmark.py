@@ -3,6 +3,8 @@
     kcaps benchmark --graph model.tflite --num_threads 1 --warmup_runs 1 --num_runs 50 \
         [--use_xnnpack false] [--enable_op_profiling true] [--tool PATH] [--json out.json]
 
+(the command's flags are parsed in `kcaps_training.cli`; this module is the library behind it)
+
 Engines, in this order:
 
 1. `--tool PATH`, or a `benchmark_model` binary on PATH: the C++ tool itself (on a desktop, or
@@ -28,7 +30,6 @@ Differences from the C++ tool, as measured here: the Python port reports millise
 "first" is the first timed run. Its memory is that of a Python process (the peak includes the
 interpreter and numpy, tens of MB); the deltas are the model's.
 """
-import argparse
 import json
 import os
 import pathlib
@@ -42,15 +43,6 @@ from kcaps_tflite import files
 
 HOST_TOOL = "ai_edge_litert.tools.benchmark_litert_model"
 BINARY_NAME = "benchmark_model"
-
-
-def _bool(text):
-    value = str(text).lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def find_tool(tool=None):
@@ -247,64 +239,21 @@ def format_result(result):
     return "\n".join(lines)
 
 
-def add_arguments(parser):
-    """The benchmark tool's flags (`--flag value` or `--flag=value`), plus --tool and --json."""
-    parser.add_argument("--graph", required=True, help="the .tflite model")
-    parser.add_argument("--num_threads", type=int, default=1,
-                        help="CPU threads (-1: the platform default) (default: %(default)s)")
-    parser.add_argument("--warmup_runs", type=int, default=1, help="(default: %(default)s)")
-    parser.add_argument("--num_runs", type=int, default=50, help="(default: %(default)s)")
-    parser.add_argument("--use_xnnpack", type=_bool, default=True,
-                        help="false: TFLite's builtin kernels (default: %(default)s)")
-    parser.add_argument("--enable_op_profiling", type=_bool, default=False,
-                        help="print the per-operator profile (default: %(default)s)")
-    parser.add_argument("--tool", default=None,
-                        help="a benchmark_model binary to run instead of the host engine "
-                             "(default: one on PATH, else ai-edge-litert's tool)")
-    parser.add_argument("--json", default=None, help="write the result here (default: "
-                                                     "<graph>.benchmark.json)")
-    parser.add_argument("--parse", default=None, metavar="OUTPUT.txt",
-                        help="do not run: read a saved benchmark_model output (e.g. pulled from "
-                             "a phone by tflite/android_benchmark.sh) into the same JSON")
+def parse_output_file(path, graph, num_threads=1, warmup_runs=1, num_runs=50, use_xnnpack=True):
+    """A saved `benchmark_model` output (e.g. pulled from a phone by `tflite/android_benchmark.sh`)
+    as the result dict of `benchmark`, with the flags it ran with."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark output not found: {path}")
+    result = parse_benchmark_model_output(path.read_text(errors="replace"))
+    result.update(engine=f"benchmark_model (output {path})", graph=str(graph),
+                  model_size_bytes=os.path.getsize(graph) if os.path.exists(graph) else 0,
+                  num_threads=num_threads, warmup_runs=warmup_runs, num_runs=num_runs,
+                  use_xnnpack=use_xnnpack)
+    return result
 
 
-def run_command(args):
-    """`kcaps benchmark`: run (or `--parse` a saved output), print in the tool's shape, write
-    the JSON."""
-    if args.parse:
-        path = pathlib.Path(args.parse)
-        if not path.is_file():
-            raise FileNotFoundError(f"benchmark output not found: {path}")
-        result = parse_benchmark_model_output(path.read_text(errors="replace"))
-        result.update(engine=f"benchmark_model (output {path})", graph=args.graph,
-                      model_size_bytes=os.path.getsize(args.graph) if os.path.exists(args.graph)
-                      else 0, num_threads=args.num_threads, warmup_runs=args.warmup_runs,
-                      num_runs=args.num_runs, use_xnnpack=args.use_xnnpack)
-    else:
-        result = benchmark(args.graph, num_threads=args.num_threads, warmup_runs=args.warmup_runs,
-                           num_runs=args.num_runs, use_xnnpack=args.use_xnnpack,
-                           enable_op_profiling=args.enable_op_profiling, tool=args.tool)
-    print(format_result(result))
-    if result.get("op_profile"):
-        print(result["op_profile"])
-    path = args.json or f"{args.graph}.benchmark.json"
-    files.write_text(path, json.dumps({k: v for k, v in result.items() if k != "output"},
-                                      indent=2))
-    print(f"result: {path}")
-    return 0
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m kcaps_tflite.benchmark",
-                                     description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_command(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"benchmark: error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write_result(result, path):
+    """Write a result as JSON (without the tool's raw output); return the path."""
+    return files.write_text(path, json.dumps({k: v for k, v in result.items() if k != "output"},
+                                             indent=2))

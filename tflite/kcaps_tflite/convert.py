@@ -103,6 +103,18 @@ def check_representative_data(data, model):
     return array.astype(np.float32)
 
 
+def calibration_sample(x, count=DEFAULT_CALIBRATION_SAMPLES, seed=0):
+    """`count` images of `x` (seeded, without replacement) to calibrate int8 with; all if fewer.
+
+    Give it the training split: calibration sets the int8 ranges, so it must not see the images
+    the conversion is verified on.
+    """
+    x = np.asarray(x)
+    if count >= len(x):
+        return x
+    return x[np.random.default_rng(seed).choice(len(x), count, replace=False)]
+
+
 def _converter(model, precision, representative_data):
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

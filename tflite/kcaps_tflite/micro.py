@@ -312,7 +312,8 @@ class MicroReport:
         return dataclasses.asdict(self)
 
 
-def analyze(model, x=None, y=None, targets=tuple(TARGETS), arena_size=None, source=None):
+def analyze(model, x=None, y=None, targets=tuple(TARGETS), arena_size=None, source=None,
+            litert_scores=None):
     """Op coverage, smallest arena, budgets and (with inputs `x`) agreement with LiteRT.
 
     Args:
@@ -322,6 +323,8 @@ def analyze(model, x=None, y=None, targets=tuple(TARGETS), arena_size=None, sour
       targets: names from `TARGETS` to check the budget against.
       arena_size: run with this arena instead of the smallest one (ArenaTooSmallError if it
         does not fit).
+      litert_scores: the model's outputs on `x` in LiteRT's default engine, when the caller has
+        them already (`kcaps_tflite.pipeline` computed them to verify the model): not run again.
     """
     from kcaps_tflite import verify
 
@@ -337,7 +340,9 @@ def analyze(model, x=None, y=None, targets=tuple(TARGETS), arena_size=None, sour
         budgets=[check_budget(len(data), arena, t) for t in targets])
     if x is not None:
         micro_scores = interpreter.predict(x)
-        litert_scores = verify.predict(data, x).reshape(len(micro_scores), -1)
+        if litert_scores is None:
+            litert_scores = verify.predict(data, x)
+        litert_scores = np.asarray(litert_scores, np.float32).reshape(len(micro_scores), -1)
         report.samples = len(micro_scores)
         builtin_scores = verify.predict(data, x, use_xnnpack=False).reshape(len(micro_scores), -1)
         report.agreement_with_litert = float(

@@ -2,7 +2,9 @@
 
 The converted model runs on a batch of real inputs; the check reports the top-1 agreement with
 Keras (the fraction of inputs whose longest capsule is the same) and the largest difference of
-capsule lengths. Agreement below a threshold raises `VerificationError`.
+capsule lengths. Agreement below a threshold raises `VerificationError`, and so does any output
+that is not finite (NaN or Inf) from either model: the argmax of NaN scores is 0 everywhere, so a
+model whose weights are NaN would otherwise "agree" 100% with its own NaN conversion.
 
 Thresholds (`MIN_AGREEMENT`): float32 and float16 99%, dynamic-range 98%, int8 and binary 95%.
 Float conversions change lengths by rounding only (about 1e-6 for float32, 1e-3 for float16), so
@@ -118,6 +120,14 @@ class Verification:
         return dataclasses.asdict(self) | {"passed": self.passed}
 
 
+def _check_finite(scores, precision, which):
+    bad = int(np.size(scores) - np.count_nonzero(np.isfinite(scores)))
+    if bad:
+        raise VerificationError(
+            f"{precision} verification failed: {bad} of {np.size(scores)} outputs of {which} are "
+            f"not finite (NaN or Inf) on {len(scores)} inputs; NaN or Inf weights or inputs?")
+
+
 def verify(keras_model, flatbuffer, x, y=None, precision="float32", min_agreement=None,
            keras_scores=None, tflite_scores=None):
     """Compare a converted model with its Keras model on real inputs `x` (labels `y` optional).
@@ -134,7 +144,9 @@ def verify(keras_model, flatbuffer, x, y=None, precision="float32", min_agreemen
     Returns:
       A `Verification`.
     Raises:
-      VerificationError: top-1 agreement below the threshold (the message gives both figures).
+      VerificationError: an output of either model is NaN or Inf (the message names the
+        precision and how many outputs), or top-1 agreement is below the threshold (the message
+        gives both figures).
     """
     from kcaps_tflite import convert  # Keras side only when needed
 
@@ -151,6 +163,8 @@ def verify(keras_model, flatbuffer, x, y=None, precision="float32", min_agreemen
             tflite_scores = predict(flatbuffer, x)
     keras_scores = np.asarray(keras_scores, np.float32).reshape(len(x), -1)
     tflite_scores = np.asarray(tflite_scores, np.float32).reshape(len(x), -1)
+    _check_finite(keras_scores, precision, "the Keras model")
+    _check_finite(tflite_scores, precision, f"the {precision} model")
     keras_top1, tflite_top1 = keras_scores.argmax(-1), tflite_scores.argmax(-1)
     threshold = MIN_AGREEMENT.get(precision, 0.95) if min_agreement is None else min_agreement
     report = Verification(

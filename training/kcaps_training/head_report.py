@@ -143,31 +143,3 @@ def cmd_heads(args):
         routing_iterations=args.routing_iterations)
     print(format_table(rows))
     return 0
-
-
-def register(commands):
-    parser = commands.add_parser(
-        "heads", help="parameters, MACs, size (and accuracy) of backbone + capsule-head models",
-        description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbones", default=",".join(kcaps.models.BACKBONES),
-                        help="comma-separated: mobilenetv2, resnet50, cnn (default: all)")
-    parser.add_argument("--heads", default=",".join(kcaps.models.HEADS),
-                        help="comma-separated: dense, dynamic, xnodr, xnidr (default: all)")
-    parser.add_argument("--input-shape", default="224,224,3",
-                        help="height,width,channels without a dataset (default: %(default)s)")
-    parser.add_argument("--classes", type=int, default=10, help="classes without a dataset")
-    parser.add_argument("--dataset", default=None,
-                        help="train and evaluate on this dataset (see `kcaps train --help`)")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--multimnist", action="store_true",
-                        help="train and evaluate on MultiMNIST built from --dataset")
-    parser.add_argument("--train-samples", type=int, default=None,
-                        help="use only the first N training images (quick runs)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--upsample", type=int, default=1)
-    parser.add_argument("--bn-momentum", type=float, default=0.99,
-                        help="momentum of the head's BatchNorm (0.9 for short runs)")
-    parser.add_argument("--routing-iterations", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=0)
-    parser.set_defaults(run=cmd_heads)

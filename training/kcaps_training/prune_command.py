@@ -68,28 +68,3 @@ def cmd_prune(args):
           f"{after['accuracy']:.4f} after {args.epochs} fine-tuning epochs")
     print(f"outputs     {args.output}/ (model.keras, metrics.json, log.csv)")
     return 0
-
-
-def register(commands):
-    parser = commands.add_parser(
-        "prune", help="channel-prune a saved model and fine-tune it",
-        description="Remove backbone channels / capsule types / capsules (kcaps.pruning), "
-                    "rebuild the smaller model, fine-tune it with model.fit, save and report.")
-    parser.add_argument("model_path", help="a saved .keras model")
-    parser.add_argument("--ratio", type=float, default=None,
-                        help="ratio for every Conv2D and PrimaryCapsules layer, in [0, 1)")
-    parser.add_argument("--layer-ratio", action="append", default=[], metavar="LAYER=RATIO",
-                        help="ratio of one layer (repeatable; overrides --ratio)")
-    parser.add_argument("--criterion", default="l1", choices=kcaps.pruning.CRITERIA)
-    parser.add_argument("--samples", type=int, default=256,
-                        help="training images for the chip/activity criteria")
-    parser.add_argument("--dataset", default="real_digits")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--max-shift", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", type=int, default=2)
-    parser.add_argument("--output", default="runs/pruned")
-    parser.set_defaults(run=cmd_prune)

@@ -239,19 +239,3 @@ def cmd_sweep(args):
     print_rows(rows, args.time_metric, args.accuracy_metric)
     print(f"\noutputs: {args.output}/sweep.csv, {args.output}/pareto.png, {args.output}/points/")
     return 0
-
-
-def register(commands):
-    from kcaps_training import cli
-
-    parser = commands.add_parser(
-        "sweep", help="train a grid of configurations and plot accuracy against training time",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog=f"grid keys: {', '.join(GRID_KEYS)}")
-    cli.add_train_arguments(parser)
-    parser.add_argument("--grid", action="append", nargs="+", required=True, metavar="KEY=V1,V2",
-                        help="one grid (repeat for several): KEY=V1,V2,... entries")
-    parser.add_argument("--output", default="runs/sweep", help="sweep directory")
-    parser.add_argument("--time-metric", choices=TIME_KEYS, default="fastrcaps_seconds")
-    parser.add_argument("--accuracy-metric", choices=ACCURACY_KEYS, default="best_accuracy")
-    parser.set_defaults(run=cmd_sweep, verbose=2)
