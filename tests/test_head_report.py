@@ -25,7 +25,7 @@ def test_heads_command_prints_profiled_rows(capsys):
 
 def test_heads_command_rejects_unknown_names(capsys):
     assert cli.main(["heads", "--backbones", "vgg16"]) == 2
-    assert "valid backbones: mobilenetv2, resnet50, cnn" in capsys.readouterr().err
+    assert "valid backbones: cnn, mobilenetv2, resnet50" in capsys.readouterr().err
     assert cli.main(["heads", "--multimnist"]) == 2
     assert "--multimnist needs --dataset" in capsys.readouterr().err
 

@@ -26,8 +26,10 @@ import tensorflow as tf
 
 from kcaps.layers import CapsuleDense, PrimaryCapsules
 from kcaps.pruning import structure
+from kcaps.registry import Registry
 
-CRITERIA = ("l1", "chip", "activity")
+# name -> `(graph, {name: layer}, data, batch_size) -> {name: scores}`
+CRITERIA = Registry("pruning criterion", "pruning criteria", allow_callables=False)
 
 
 def unit_scores(model, names, criterion="l1", data=None, batch_size=64):
@@ -40,17 +42,38 @@ def unit_scores(model, names, criterion="l1", data=None, batch_size=64):
       data: images (a NumPy array, a few hundred are plenty) for the data-driven criteria.
       batch_size: images per forward pass.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    score = CRITERIA.get(criterion)
     graph = structure.Graph(model)
     layers = {name: structure.check_prunable(graph, name) for name in names}
-    if criterion == "l1":
-        return {name: l1_scores(layer) for name, layer in layers.items()}
+    return score(graph, layers, data, batch_size)
+
+
+@CRITERIA.register("l1")
+def _l1(graph, layers, data, batch_size):
+    return {name: l1_scores(layer) for name, layer in layers.items()}
+
+
+def needs_data(criterion):
+    """Whether the named criterion scores units on data (a ValueError for an unknown name)."""
+    return CRITERIA.get(criterion) is not _l1
+
+
+def _needs_data(criterion, data):
     if data is None or len(data) == 0:
         raise ValueError(f"pruning criterion {criterion!r} needs `data` (a batch of inputs)")
+
+
+@CRITERIA.register("chip")
+def _chip(graph, layers, data, batch_size):
+    _needs_data("chip", data)
     outputs = layer_outputs(graph, list(layers), data, batch_size)
-    if criterion == "chip":
-        return {name: chip_scores(unit_rows(layers[name], value)) for name, value in outputs.items()}
+    return {name: chip_scores(unit_rows(layers[name], value)) for name, value in outputs.items()}
+
+
+@CRITERIA.register("activity")
+def _activity(graph, layers, data, batch_size):
+    _needs_data("activity", data)
+    outputs = layer_outputs(graph, list(layers), data, batch_size)
     return {name: activity_scores(layers[name], value) for name, value in outputs.items()}
 
 

@@ -21,7 +21,7 @@ steps, the way tfmot's magnitude pruning does:
 """
 import tensorflow as tf
 
-from kcaps.pruning import structure, surgery
+from kcaps.pruning import criteria, structure, surgery
 
 
 class IterativeChannelPruning(tf.keras.callbacks.Callback):
@@ -52,7 +52,7 @@ class IterativeChannelPruning(tf.keras.callbacks.Callback):
         if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
             raise ValueError(f"IterativeChannelPruning: `start_epoch` must be an integer >= 0, "
                              f"got {start_epoch!r}")
-        if criterion in ("chip", "activity") and data is None:
+        if criteria.needs_data(criterion) and data is None:
             raise ValueError(f"IterativeChannelPruning: criterion {criterion!r} needs `data`")
         self.target, self.step, self.every = target, float(step), every
         self.criterion, self.data, self.start_epoch = criterion, data, start_epoch
