@@ -36,7 +36,7 @@ import math
 
 import tensorflow as tf
 
-from kcaps import schedules
+from kcaps import _checks, lr_schedules
 from kcaps.adaptive_batch import BatchSizeSchedule
 from kcaps.registry import Registry
 
@@ -78,9 +78,9 @@ def learning_rate_schedule(policy, learning_rate, batch_schedule, num_examples, 
       decay_steps: `exp_decay` steps per factor 0.96 (default: a tenfold decay over the run).
     """
     build = LR_POLICIES.get(policy)
-    learning_rate = schedules.positive_number(policy, "learning_rate", learning_rate)
-    epochs = schedules.positive_steps(policy, "epochs", epochs)
-    num_examples = schedules.positive_steps(policy, "num_examples", num_examples)
+    learning_rate = _checks.positive_number(policy, "learning_rate", learning_rate)
+    epochs = _checks.positive_int(policy, "epochs", epochs)
+    num_examples = _checks.positive_int(policy, "num_examples", num_examples)
     per_epoch = [batch_schedule.steps_per_epoch(e, num_examples) for e in range(epochs)]
     return build(learning_rate, per_epoch, warm_epochs, decay_steps)
 
@@ -94,25 +94,25 @@ def _fixed(learning_rate, per_epoch, warm_epochs, decay_steps):
 def _exp_decay(learning_rate, per_epoch, warm_epochs, decay_steps):
     if decay_steps is None:  # 0.96 ** (total / decay_steps) = 1 / 10
         decay_steps = sum(per_epoch) * math.log(EXP_DECAY_RATE) / math.log(LR_MIN_FACTOR)
-    decay_steps = schedules.positive_number("exp_decay", "decay_steps", decay_steps)
+    decay_steps = _checks.positive_number("exp_decay", "decay_steps", decay_steps)
     return tf.keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps, EXP_DECAY_RATE)
 
 
 @LR_POLICIES.register("one_cycle")
 def _one_cycle(learning_rate, per_epoch, warm_epochs, decay_steps):
-    return schedules.OneCycle(learning_rate * LR_MIN_FACTOR, sum(per_epoch))
+    return lr_schedules.OneCycle(learning_rate * LR_MIN_FACTOR, sum(per_epoch))
 
 
 @LR_POLICIES.register("warm_restarts")
 def _warm_restarts(learning_rate, per_epoch, warm_epochs, decay_steps):
-    return schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate, per_epoch)
+    return lr_schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate, per_epoch)
 
 
 @LR_POLICIES.register("warm_adabatch")
 def _warm_adabatch(learning_rate, per_epoch, warm_epochs, decay_steps):
-    warm_epochs = schedules.positive_steps("warm_adabatch", "warm_epochs", warm_epochs)
+    warm_epochs = _checks.positive_int("warm_adabatch", "warm_epochs", warm_epochs)
     cycles = [sum(per_epoch[:warm_epochs]), sum(per_epoch[warm_epochs:])]
-    return schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate,
+    return lr_schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate,
                                     [c for c in cycles if c > 0])
 
 

@@ -136,7 +136,7 @@ def test_prunable_with_tfmot(routing):
 
 def _summary_text(model):
     lines = []
-    larq.models.summary(model, print_fn=lines.append)
+    kcaps.complexity.summary(model, print_fn=lines.append)
     return "\n".join(lines)
 
 
@@ -147,7 +147,7 @@ def test_larq_summary_counts_binary_parameters_and_macs():
     model = tf.keras.Model(x_in, layer(x_in))
     assert layer.macs() == {1: 12 * 8 * 5 * 6,                 # binary u_hat products
                             32: 2 * 360 + 3 * 360 + 2 * 360}   # K, alpha; 3 sums; 2 agreements
-    profile = larq.models.ModelProfile(model)
+    profile = kcaps.complexity.ModelProfile(model)
     assert profile.weight_count(bitwidth=1) == 2880 and profile.weight_count(bitwidth=32) == 0
     assert profile.op_count("mac", 1) == 2880 and profile.op_count("mac", 32) == 2520
     text = _summary_text(model)
@@ -166,7 +166,7 @@ def test_xnidr_and_primary_capsules_macs_and_profile():
     assert model.get_layer("primary").macs() == {32: conv_macs}
     njk = n * 5 * 6
     assert caps.macs() == {32: n * 4 * 30 + 3 * njk + 2 * (njk + 2 * n * 5), 1: 2 * njk}
-    figures = kcaps.profiling.profile(model)
+    figures = kcaps.complexity.profile(model)
     assert figures["binary_params"] == 0 and figures["binary_macs"] == 2 * njk
     assert figures["float_macs"] == conv_macs + caps.macs()[32]
     assert figures["float_params"] == figures["params"] == 3 * 3 * 2 * 12 + 12 + n * 4 * 30
@@ -177,7 +177,7 @@ def test_profile_counts_larq_layers_and_xnodr_scaling_factors():
     h = tf.keras.layers.Conv2D(16, 3, name="conv")(image)  # larq's own count: 144 x 16 positions
     h = tf.keras.layers.Reshape((32, 8))(h)
     model = tf.keras.Model(image, kcaps.layers.CapsuleDense(2, 4, routing="xnodr")(h))
-    figures = kcaps.profiling.profile(model)
+    figures = kcaps.complexity.profile(model)
     assert figures["binary_params"] == 32 * 8 * 2 * 4
     assert figures["float_params"] == 9 * 16 + 16
     njk = 32 * 2 * 4

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import kcaps
 from kcaps.adaptive_batch import AdaptiveBatchDataset, AdaptiveBatchSize, BatchSizeSchedule
-from kcaps.schedules import CosineRestarts, OneCycle
+from kcaps.lr_schedules import CosineRestarts, OneCycle
 from crash import Interrupt, StopAfter
 from kcaps_training import datasets, fast_training
 from kcaps_training import train as recipe
@@ -170,7 +170,7 @@ def test_batch_size_and_learning_rate_change_inside_one_fit():
     model = kcaps.models.small_capsnet()
     model.compile(tf.keras.optimizers.Adam(lr))
     history = model.fit(train, epochs=4, verbose=0, callbacks=[
-        kcaps.callbacks.EpochTimer(), kcaps.schedules.LearningRateLogger(),
+        kcaps.callbacks.EpochTimer(), kcaps.lr_schedules.LearningRateLogger(),
         AdaptiveBatchSize(batches, train)]).history
     assert history["batch_size"] == [4, 4, 16, 16]
     assert all(s > 0 for s in history["epoch_cpu_seconds"])

@@ -13,7 +13,7 @@ def test_heads_command_prints_profiled_rows(capsys):
     out = capsys.readouterr().out
     header, _, dynamic, xnodr = out.strip().splitlines()[-4:]
     assert "binary_params" in header and "deployment_bytes" in header and "accuracy" not in header
-    expected = kcaps.profiling.profile(
+    expected = kcaps.complexity.profile(
         kcaps.models.backbone_capsnet("cnn", "xnodr", (28, 28, 1), 10))
     cells = [c.strip() for c in xnodr.strip("|").split("|")]
     assert cells[:2] == ["cnn", "xnodr"]

@@ -34,7 +34,7 @@ def test_deep_capsnet_depth_counts_and_dims_are_configurable(depth):
 def test_deep_capsnet_ccm_layer_and_bad_arguments():
     model = kcaps.models.deep_capsnet(num_intermediate=1, conv_filters=16, primary_types=4,
                                       ccm_weight=0.1)
-    assert isinstance(model.get_layer("ccm"), kcaps.pruning.ChannelCorrelationLoss)
+    assert isinstance(model.get_layer("ccm"), kcaps.losses.ChannelCorrelationLoss)
     with pytest.raises(ValueError, match="`intermediate_capsules` needs 3 values"):
         kcaps.models.deep_capsnet(num_intermediate=3, intermediate_capsules=[8, 8])
     with pytest.raises(ValueError, match="`num_intermediate` must be an integer >= 0, got -1"):
@@ -71,13 +71,13 @@ def test_ccm_loss_is_minus_weight_times_the_mean_absolute_channel_correlation():
     maps = np.random.default_rng(0).normal(size=(3, 5, 5, 4)).astype(np.float32)
     maps[..., 1] = 2 * maps[..., 0] + 1  # perfectly correlated pair
     expected = _numpy_ccm(maps.astype(np.float64))
-    assert float(kcaps.pruning.channel_correlation(maps)) == pytest.approx(expected, rel=1e-4)
-    layer = kcaps.pruning.ChannelCorrelationLoss(weight=0.5)
+    assert float(kcaps.losses.channel_correlation(maps)) == pytest.approx(expected, rel=1e-4)
+    layer = kcaps.losses.ChannelCorrelationLoss(weight=0.5)
     out = layer(maps, training=True)
     np.testing.assert_array_equal(out.numpy(), maps)
     assert float(layer.losses[0]) == pytest.approx(-0.5 * expected, rel=1e-4)
     assert layer(maps, training=False) is not None and len(layer.losses) == 0
-    clone = kcaps.pruning.ChannelCorrelationLoss.from_config(layer.get_config())
+    clone = kcaps.losses.ChannelCorrelationLoss.from_config(layer.get_config())
     assert clone.weight == 0.5
     with pytest.raises(ValueError, match="at least 2 channels"):
-        kcaps.pruning.ChannelCorrelationLoss()(tf.zeros([1, 3, 3, 1]))
+        kcaps.losses.ChannelCorrelationLoss()(tf.zeros([1, 3, 3, 1]))

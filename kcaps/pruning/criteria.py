@@ -22,9 +22,9 @@
 (8,)
 """
 import numpy as np
-import tensorflow as tf
 
 from kcaps.layers import CapsuleDense, PrimaryCapsules
+from kcaps.models.capsule_model import probe
 from kcaps.pruning import structure
 from kcaps.registry import Registry
 
@@ -89,22 +89,14 @@ def l1_scores(layer):
 
 def layer_outputs(graph, names, data, batch_size=64):
     """`{name: array}`: where the next layer reads each named layer's units, on `data`."""
-    model = graph.model
-    tensors = [_unit_tensor(graph, name) for name in names]
-    probe = tf.keras.Model(model.inputs, tensors)
-    results = {name: [] for name in names}
-    for start in range(0, len(data), batch_size):
-        outputs = probe(_model_inputs(model, data[start:start + batch_size]), training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for name, value in zip(names, outputs):
-            results[name].append(value.numpy())
-    return {name: np.concatenate(parts) for name, parts in results.items()}
+    values = probe(graph.model, [_unit_tensor(graph, name) for name in names], data, batch_size)
+    return dict(zip(names, values))
 
 
 def _unit_tensor(graph, name):
     """The tensor where the next layer reads a layer's units (after BN/activations for convs)."""
     layer = graph.layer(name)
-    if not structure._is_prunable_conv(layer):
+    if not structure.is_prunable_conv(layer):
         return layer.output
     current = name
     while True:
@@ -112,13 +104,6 @@ def _unit_tensor(graph, name):
         if len(consumers) != 1 or not isinstance(graph.layer(consumers[0]), structure.ELEMENTWISE):
             return graph.layer(current).output
         current = consumers[0]
-
-
-def _model_inputs(model, x):
-    """Images -> what the model's graph takes (zeros for a capsule model's label input)."""
-    graph_inputs = getattr(model, "_graph_inputs", None)
-    x = tf.convert_to_tensor(x)
-    return graph_inputs(x, None) if graph_inputs is not None else x
 
 
 def unit_rows(layer, value):
