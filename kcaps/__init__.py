@@ -18,7 +18,7 @@ from kcaps import complexity, xnor  # noqa: E402  (binarized heads)
 from kcaps import activity, pruning  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["callbacks", "complexity", "initializers", "layers", "losses", "metrics", "models", "ops",
-           "projections", "routing", "xnor"]
+__all__ = ["callbacks", "complexity", "initializers", "layers", "losses", "metrics", "models",
+           "ops", "projections", "routing", "xnor"]
 __all__ += ["adaptive_batch", "lr_schedules", "policies", "small_decoder"]
 __all__ += ["activity", "pruning"]

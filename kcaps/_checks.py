@@ -18,7 +18,7 @@ def non_negative_int(owner, field, value):
 
 
 def positive_number(owner, field, value):
-    """Return `value` as float, or raise ValueError naming `owner.field` unless it is finite, > 0."""
+    """Return `value` as float, or raise ValueError naming `owner.field` unless finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or not math.isfinite(value):
         raise ValueError(f"{owner}: `{field}` must be a positive number, got {value!r}")

@@ -40,7 +40,8 @@ from kcaps import _checks, lr_schedules
 from kcaps.adaptive_batch import BatchSizeSchedule
 from kcaps.registry import Registry
 
-# name -> `(learning_rate, per_epoch_steps, warm_epochs, decay_steps) -> learning rate`
+# name -> `(learning_rate, steps of each epoch, **options) -> learning rate`; each policy
+# takes the options of `learning_rate_schedule` it uses and ignores the others
 LR_POLICIES = Registry("learning-rate policy", "learning-rate policies", allow_callables=False)
 # name -> `(batch_size, warm_epochs, warm_batch_size, adabatch_size) -> BatchSizeSchedule`
 BATCH_POLICIES = Registry("batch policy", "batch policies", allow_callables=False)
@@ -82,34 +83,35 @@ def learning_rate_schedule(policy, learning_rate, batch_schedule, num_examples, 
     epochs = _checks.positive_int(policy, "epochs", epochs)
     num_examples = _checks.positive_int(policy, "num_examples", num_examples)
     per_epoch = [batch_schedule.steps_per_epoch(e, num_examples) for e in range(epochs)]
-    return build(learning_rate, per_epoch, warm_epochs, decay_steps)
+    return build(learning_rate, per_epoch, warm_epochs=warm_epochs, decay_steps=decay_steps)
 
 
 @LR_POLICIES.register("fixed")
-def _fixed(learning_rate, per_epoch, warm_epochs, decay_steps):
+def _fixed(learning_rate, per_epoch, **_options):
     return learning_rate
 
 
 @LR_POLICIES.register("exp_decay")
-def _exp_decay(learning_rate, per_epoch, warm_epochs, decay_steps):
+def _exp_decay(learning_rate, per_epoch, decay_steps=None, **_options):
     if decay_steps is None:  # 0.96 ** (total / decay_steps) = 1 / 10
         decay_steps = sum(per_epoch) * math.log(EXP_DECAY_RATE) / math.log(LR_MIN_FACTOR)
     decay_steps = _checks.positive_number("exp_decay", "decay_steps", decay_steps)
-    return tf.keras.optimizers.schedules.ExponentialDecay(learning_rate, decay_steps, EXP_DECAY_RATE)
+    return tf.keras.optimizers.schedules.ExponentialDecay(
+        learning_rate, decay_steps, EXP_DECAY_RATE)
 
 
 @LR_POLICIES.register("one_cycle")
-def _one_cycle(learning_rate, per_epoch, warm_epochs, decay_steps):
+def _one_cycle(learning_rate, per_epoch, **_options):
     return lr_schedules.OneCycle(learning_rate * LR_MIN_FACTOR, sum(per_epoch))
 
 
 @LR_POLICIES.register("warm_restarts")
-def _warm_restarts(learning_rate, per_epoch, warm_epochs, decay_steps):
+def _warm_restarts(learning_rate, per_epoch, **_options):
     return lr_schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate, per_epoch)
 
 
 @LR_POLICIES.register("warm_adabatch")
-def _warm_adabatch(learning_rate, per_epoch, warm_epochs, decay_steps):
+def _warm_adabatch(learning_rate, per_epoch, warm_epochs=3, **_options):
     warm_epochs = _checks.positive_int("warm_adabatch", "warm_epochs", warm_epochs)
     cycles = [sum(per_epoch[:warm_epochs]), sum(per_epoch[warm_epochs:])]
     return lr_schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate,

@@ -18,8 +18,10 @@ model = tf.keras.Model(x, kcaps.layers.CapsuleDense(3, 4, routing="xnodr")(x))
 figures = kcaps.complexity.profile(model)
 kcaps.complexity.summary(model, print_fn=lambda line: None)
 after_profile = state()
-print("IMPORT", sorted(k for k in set(before) | set(after_import) if before.get(k) != after_import.get(k)))
-print("PROFILE", sorted(k for k in set(before) | set(after_profile) if before.get(k) != after_profile.get(k)))
+def changed(after):
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+print("IMPORT", changed(after_import))
+print("PROFILE", changed(after_profile))
 print("MACS", figures["binary_macs"], larq.models.ModelProfile(model).op_count("mac", 1))
 """
 

@@ -29,7 +29,7 @@ from kcaps.pruning.structure import prunable_units
 from kcaps.pruning.surgery import apply_masks, masks, prune_channels, select, shrink
 
 __all__ = [
-    "CRITERIA", "IterativeChannelPruning", "apply_masks", "chip_scores", "count_flops", "has_m_by_n", "l1_scores", "masks",
-    "prunable_units", "prune_channels", "select", "shrink", "sparsity_report", "summarize",
-    "unit_scores",
+    "CRITERIA", "IterativeChannelPruning", "apply_masks", "chip_scores", "count_flops",
+    "has_m_by_n", "l1_scores", "masks", "prunable_units", "prune_channels", "select", "shrink",
+    "sparsity_report", "summarize", "unit_scores",
 ]

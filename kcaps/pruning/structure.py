@@ -238,8 +238,8 @@ class _CapsuleDense(ChannelSurgery):
         sharing = layer.projection.weight_sharing
         if sharing is not None and sharing not in ("type", "position"):
             raise unsupported(
-                in_sel, layer, f"weight_sharing={sharing!r} tiles W as i mod {sharing}, so removing "
-                "input capsules would hand other capsules' matrices to the survivors")
+                in_sel, layer, f"weight_sharing={sharing!r} tiles W as i mod {sharing}, so "
+                "removing input capsules would hand other capsules' matrices to the survivors")
         if sharing is not None and in_sel.types is None:
             raise unsupported(in_sel, layer, f"weight_sharing={sharing!r} needs capsule types")
 
