@@ -1,44 +1,11 @@
-"""Channel pruning: unit selection, the physical shrink, masks, criteria and bad input."""
+"""kcaps.pruning.surgery and structure: unit selection, the physical shrink, masks, bad input."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import kcaps
 from kcaps import pruning
-
-RNG = np.random.default_rng(0)
-
-
-def _images(n=6):
-    return RNG.uniform(size=(n, 28, 28, 1)).astype(np.float32)
-
-
-def _randomize_batch_norm(model):
-    """Non-trivial moving statistics, so that slicing them wrongly would show."""
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.set_weights([RNG.uniform(0.5, 1.5, w.shape).astype(np.float32)
-                               for w in layer.get_weights()])
-    return model
-
-
-def _cnn_capsnet(**kwargs):
-    kwargs.setdefault("kernel_initializer", kcaps.initializers.CapsuleFanIn(scale=100.0))
-    return _randomize_batch_norm(kcaps.models.cnn_capsnet(
-        conv_filters=(8, 16), kernel_sizes=(5, 3), strides=(2, 2), **kwargs))
-
-
-def _deep_capsnet(**kwargs):
-    # Larger capsule matrices than the default, so that routed capsules do not vanish at
-    # initialization and the comparisons below compare non-trivial outputs.
-    kwargs.setdefault("kernel_initializer", kcaps.initializers.CapsuleFanIn(scale=100.0))
-    # With these matrices, he_normal convolutions make the routing logits so large that float32
-    # summation order (masked zero channels vs removed ones) shows at 1e-4 after three routed
-    # layers; glorot keeps the "same function" comparisons at float32 rounding.
-    kwargs.setdefault("conv_initializer", "glorot_uniform")
-    return kcaps.models.deep_capsnet(num_intermediate=2, intermediate_capsules=6,
-                                     intermediate_dims=4, conv_filters=16, conv_kernel=5,
-                                     primary_types=4, primary_kernel=5, primary_strides=3, **kwargs)
+from pruning_helpers import RNG, _cnn_capsnet, _deep_capsnet, _images, _randomize_batch_norm
 
 
 def test_shrink_copies_exactly_the_kept_weights_into_every_touched_layer():
@@ -141,40 +108,6 @@ def test_ratio_keeps_the_highest_scoring_units():
     np.testing.assert_array_equal(keep["conv1"], np.sort(np.argsort(-norms)[:6]))
     scores = {"conv1": np.array([5, 1, 4, 1, 9, 2, 6, 3.0])}
     assert pruning.select(model, {"conv1": 0.5}, scores=scores)["conv1"].tolist() == [0, 2, 4, 6]
-
-
-def _numpy_chip(matrices):
-    """CHIP written from its definition: mean over images of ||A||_* - ||A, row c zeroed||_*."""
-    scores = np.zeros(matrices.shape[1])
-    for a in matrices:
-        total = np.linalg.norm(a, "nuc")
-        for c in range(a.shape[0]):
-            zeroed = a.copy()
-            zeroed[c] = 0
-            scores[c] += total - np.linalg.norm(zeroed, "nuc")
-    return scores / len(matrices)
-
-
-@pytest.mark.parametrize("shape", [(3, 6, 4), (3, 4, 9)])  # both Gram-matrix branches
-def test_chip_scores_match_the_nuclear_norm_definition(shape):
-    matrices = RNG.normal(size=shape)
-    matrices[:, 1] = 2 * matrices[:, 0]  # a dependent row scores low
-    np.testing.assert_allclose(pruning.chip_scores(matrices), _numpy_chip(matrices), atol=1e-8)
-
-
-def test_data_driven_scores_read_the_layers_outputs():
-    model = _deep_capsnet()
-    x = _images(8)
-    scores = pruning.unit_scores(model, ["conv1", "primary_capsules", "capsules_1"], "chip", x)
-    probe = tf.keras.Model(model.inputs, model.get_layer("capsules_1").output)
-    capsules = probe(x).numpy()  # (batch, capsules, dim): rows are capsules
-    np.testing.assert_allclose(scores["capsules_1"], _numpy_chip(capsules), rtol=1e-6, atol=1e-9)
-    maps = tf.keras.Model(model.inputs, model.get_layer("conv1").output)(x).numpy()
-    np.testing.assert_allclose(scores["conv1"],
-                               _numpy_chip(maps.reshape(8, -1, 16).transpose(0, 2, 1)),
-                               rtol=1e-4, atol=1e-5)
-    activity = pruning.unit_scores(model, ["capsules_1"], "activity", x)["capsules_1"]
-    np.testing.assert_allclose(activity, np.linalg.norm(capsules, axis=-1).mean(0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "0.5", True, float("nan")])
