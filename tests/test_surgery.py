@@ -180,3 +180,34 @@ def test_shrunk_capsule_model_saves_loads_and_trains_with_plain_labels(tmp_path,
     assert loaded.get_layer("primary_capsules").capsule_types == 1
     for a, b in zip(small.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_registered_surgery_lets_pruning_pass_through_a_custom_layer():
+    class Halve(tf.keras.layers.Layer):  # per channel, but unknown to the surgery
+        def call(self, inputs):
+            return inputs / 2.0
+
+    def model():
+        inputs = tf.keras.Input((8, 8, 3))
+        h = tf.keras.layers.Conv2D(4, 3, name="c1")(inputs)
+        h = Halve(name="halve")(h)
+        return tf.keras.Model(inputs, tf.keras.layers.Conv2D(2, 3, name="c2")(h))
+
+    with pytest.raises(ValueError, match=r"cannot prune 'c1'.*'halve' \(Halve\)"):
+        pruning.prune_channels(model(), {"c1": 0.5})
+    pruning.structure.register(Halve, pruning.structure.ChannelWise())
+    try:
+        big = model()
+        with tf.keras.utils.custom_object_scope({"Halve": Halve}):  # shrink rebuilds from config
+            small = pruning.prune_channels(big, {"c1": 0.5}, criterion="l1")
+        assert small.get_layer("c2").kernel.shape == (3, 3, 2, 2)
+        kept = pruning.select(big, {"c1": 0.5})["c1"]
+        x = RNG.normal(size=(2, 8, 8, 3)).astype(np.float32)
+        h = big.get_layer("c1")(x).numpy()[..., kept] / 2.0  # the kept channels, halved
+        kernel = big.get_layer("c2").kernel.numpy()[:, :, kept, :]  # c2's rows for them
+        patches = np.stack([h[:, i:i + 4, j:j + 4] for i in range(3) for j in range(3)], 3)
+        expected = np.einsum("bxypc,pco->bxyo", patches, kernel.reshape(9, 2, 2))
+        expected += big.get_layer("c2").bias.numpy()
+        np.testing.assert_allclose(small(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        del pruning.structure.SURGERY[Halve]

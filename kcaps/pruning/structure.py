@@ -124,8 +124,12 @@ def _own(layer, out_sel):
     return out_sel if out_sel is not None and out_sel.origin == layer.name else None
 
 
-class _ChannelWise(ChannelSurgery):
-    """Per-channel or elementwise layers: the selection passes through."""
+class ChannelWise(ChannelSurgery):
+    """Per-channel or elementwise layers: the selection passes through.
+
+    `register(MyLayer, ChannelWise())` lets channel pruning pass through a custom layer of that
+    kind (one that works on each channel alone and keeps their number).
+    """
 
     def check_input(self, layer, in_sel):
         _require_channels(layer, in_sel)
@@ -134,7 +138,7 @@ class _ChannelWise(ChannelSurgery):
         return in_sel
 
 
-class _BatchNormalization(_ChannelWise):
+class _BatchNormalization(ChannelWise):
     def check_input(self, layer, in_sel):
         _require_channels(layer, in_sel)
         axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
@@ -146,7 +150,7 @@ class _BatchNormalization(_ChannelWise):
         return [(variable, [(0, in_sel.keep)]) for variable in layer.weights]
 
 
-class _DepthwiseConv2D(_ChannelWise):
+class _DepthwiseConv2D(ChannelWise):
     def output_selection(self, layer, in_sel):
         m = layer.depth_multiplier
         kept = (in_sel.keep[:, None] * m + np.arange(m)[None, :]).reshape(-1)
@@ -284,7 +288,7 @@ def register(layer_class, surgery):
 
 
 for _class in ELEMENTWISE + SPATIAL + (ChannelCorrelationLoss,):
-    register(_class, _ChannelWise())
+    register(_class, ChannelWise())
 register(_layers.BatchNormalization, _BatchNormalization())
 register(_layers.DepthwiseConv2D, _DepthwiseConv2D())
 register(_layers.Flatten, _Flatten())
