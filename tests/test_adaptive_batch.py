@@ -6,6 +6,7 @@ import tensorflow as tf
 import kcaps
 from kcaps.adaptive_batch import AdaptiveBatchDataset, AdaptiveBatchSize, BatchSizeSchedule
 from kcaps.lr_schedules import CosineRestarts, OneCycle
+from conftest import _examples
 
 
 @pytest.mark.parametrize("make,field", [
@@ -37,10 +38,6 @@ def test_batch_size_schedule_bookkeeping():
     assert batches.steps_before(5, 100) == 300 + 14
     assert [batches.epoch_at_step(s, 100) for s in (0, 299, 300, 306, 307, 314)] == \
         [0, 2, 3, 3, 4, 5]
-
-
-def _examples(x, y):
-    return tf.data.Dataset.from_tensor_slices((x, y))
 
 
 def test_dataset_serves_every_example_once_per_iteration_at_the_current_size():

@@ -7,6 +7,7 @@ import tensorflow as tf
 import kcaps
 from kcaps.adaptive_batch import AdaptiveBatchDataset, AdaptiveBatchSize, BatchSizeSchedule
 from kcaps.lr_schedules import CosineRestarts
+from conftest import _examples
 from crash import Interrupt, StopAfter
 from kcaps_training import datasets, fast_training
 from kcaps_training import train as recipe
