@@ -1,4 +1,6 @@
 """Argument checks that fail at construction or build time with the bad value in the message."""
+import math
+
 
 
 def positive_int(owner, field, value):
@@ -6,6 +8,21 @@ def positive_int(owner, field, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{owner}: `{field}` must be a positive integer, got {value!r}")
     return int(value)
+
+
+def non_negative_int(owner, field, value):
+    """Return `value` as int, or raise ValueError naming `owner.field` unless it is an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{owner}: `{field}` must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def positive_number(owner, field, value):
+    """Return `value` as float, or raise ValueError naming `owner.field` unless finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{owner}: `{field}` must be a positive number, got {value!r}")
+    return float(value)
 
 
 def capsule_input_shape(owner, input_shape):

@@ -20,13 +20,11 @@ examples is recorded next to it, so other thresholds can be judged from the same
 >>> round(stats["class_capsules"]["inactive_fraction"], 2)    # a blank image: all silent
 1.0
 """
-import os
-
 import numpy as np
 import tensorflow as tf
 
 from kcaps.layers import CapsuleDense, PrimaryCapsules
-from kcaps.models.capsule_model import unwrap
+from kcaps.models.capsule_model import probe, unwrap
 
 DEFAULT_THRESHOLD = 0.01
 
@@ -43,8 +41,8 @@ def _check_threshold(threshold):
     return float(threshold)
 
 
-class _Probe:
-    """A model from the inputs to the outputs of the chosen capsule layers."""
+class _CapsuleOutputs:
+    """The chosen capsule layers of a model, checked, and their capsule lengths on data."""
 
     def __init__(self, model, layers=None):
         names = capsule_layers(model) if layers is None else list(layers)
@@ -56,19 +54,13 @@ class _Probe:
         if not names:
             raise ValueError(f"capsule activity: model '{model.name}' has no capsule layers")
         self.model, self.names = model, names
-        self.probe = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+        self.tensors = [model.get_layer(n).output for n in names]
 
     def lengths(self, data, batch_size=256):
         """`{name: (examples, capsules) lengths}`."""
-        graph_inputs = getattr(self.model, "_graph_inputs", None)
-        parts = {name: [] for name in self.names}
-        for start in range(0, len(data), batch_size):
-            x = tf.convert_to_tensor(data[start:start + batch_size])
-            outputs = self.probe(graph_inputs(x, None) if graph_inputs else x, training=False)
-            outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-            for name, value in zip(self.names, outputs):
-                parts[name].append(np.linalg.norm(value.numpy().astype(np.float64), axis=-1))
-        return {name: np.concatenate(p) for name, p in parts.items()}
+        values = probe(self.model, self.tensors, data, batch_size)
+        return {name: np.linalg.norm(value.astype(np.float64), axis=-1)
+                for name, value in zip(self.names, values)}
 
 
 def activity_from_lengths(lengths, threshold=DEFAULT_THRESHOLD):
@@ -92,7 +84,7 @@ def capsule_activity(model, data, threshold=DEFAULT_THRESHOLD, layers=None, batc
       `{layer: {"inactive_fraction": float, "mean_length": float, "inactive": bool array}}`.
     """
     threshold = _check_threshold(threshold)
-    probe = _Probe(model, layers)
+    probe = _CapsuleOutputs(model, layers)
     return {name: activity_from_lengths(values, threshold)
             for name, values in probe.lengths(data, batch_size).items()}
 
@@ -104,29 +96,29 @@ class CapsuleActivityMonitor(tf.keras.callbacks.Callback):
     epoch. The values go into the epoch `logs` as `<layer>_inactive_fraction` and
     `<layer>_mean_length` - so `CSVLogger`, `History` and Keras's `TensorBoard` callback record
     them: put this monitor *before* those callbacks in the list -, into TensorBoard scalars of
-    its own under `log_dir` (if given), and at the end of training into one PNG per layer under
-    `plot_dir` (if given): inactive fraction and mean length over the epochs.
+    its own under `log_dir` (if given), and into `history`
+    (`{layer: {"epoch": [...], "inactive_fraction": [...], "mean_length": [...]}}`), from which
+    the application draws its plots (`kcaps_training.plots.plot_capsule_activity`).
 
     Args:
       data: the held batch of inputs.
       threshold: the inactivity threshold on capsule lengths (default 0.01, module doc).
       layers: capsule layer names to follow (default: all).
       log_dir: directory for TensorBoard scalars `capsule_activity/<layer>/...`.
-      plot_dir: directory for `<layer>.png` plots.
     """
 
     def __init__(self, data, threshold=DEFAULT_THRESHOLD, layers=None, log_dir=None,
-                 plot_dir=None, batch_size=256):
+                 batch_size=256):
         super().__init__()
         if data is None or len(data) == 0:
             raise ValueError("CapsuleActivityMonitor: `data` must be a non-empty batch of inputs")
         self.data, self.threshold = data, _check_threshold(threshold)
-        self.layers, self.log_dir, self.plot_dir = layers, log_dir, plot_dir
+        self.layers, self.log_dir = layers, log_dir
         self.batch_size = batch_size
         self.history = {}  # {layer: {"epoch": [...], "inactive_fraction": [...], "mean_length": [...]}}
 
     def on_train_begin(self, logs=None):
-        self._probe = _Probe(self.model, self.layers)
+        self._probe = _CapsuleOutputs(self.model, self.layers)
         self._writer = tf.summary.create_file_writer(self.log_dir) if self.log_dir else None
         if not self.history:  # the state before training, as epoch 0
             self._record(0)
@@ -141,8 +133,6 @@ class CapsuleActivityMonitor(tf.keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.flush()
-        if self.plot_dir:
-            self.plot(self.plot_dir)
 
     def _record(self, epoch):
         lengths = self._probe.lengths(self.data, self.batch_size)
@@ -160,29 +150,3 @@ class CapsuleActivityMonitor(tf.keras.callbacks.Callback):
                     tf.summary.scalar(f"capsule_activity/{name}/mean_length",
                                       values["mean_length"])
         return stats
-
-    def plot(self, directory):
-        """Write `<layer>.png` per layer into `directory`; returns the paths."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        os.makedirs(directory, exist_ok=True)
-        paths = []
-        for name, record in self.history.items():
-            figure = Figure(figsize=(8, 3.2))
-            FigureCanvasAgg(figure)
-            left, right = figure.subplots(1, 2)
-            left.plot(record["epoch"], record["inactive_fraction"], "o-")
-            left.set_ylim(-0.02, 1.02)
-            left.set_ylabel(f"inactive fraction (|v| < {self.threshold:g})")
-            right.plot(record["epoch"], record["mean_length"], "o-", color="tab:orange")
-            right.set_ylabel("mean capsule length")
-            for axis in (left, right):
-                axis.set_xlabel("epoch")
-                axis.grid(alpha=0.3)
-            figure.suptitle(name)
-            figure.tight_layout()
-            path = os.path.join(directory, f"{name}.png")
-            figure.savefig(path, dpi=90)
-            paths.append(path)
-        return paths

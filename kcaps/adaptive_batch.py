@@ -44,7 +44,7 @@ import math
 
 import tensorflow as tf
 
-from kcaps import schedules
+from kcaps import _checks
 
 _register = tf.keras.utils.register_keras_serializable(package="kcaps")
 
@@ -62,9 +62,9 @@ class BatchSizeSchedule:
     def __init__(self, batch_sizes, boundaries=()):
         if isinstance(batch_sizes, int) and not isinstance(batch_sizes, bool):
             batch_sizes = [batch_sizes]
-        self.batch_sizes = [schedules.positive_steps("BatchSizeSchedule", "batch_sizes", b)
+        self.batch_sizes = [_checks.positive_int("BatchSizeSchedule", "batch_sizes", b)
                             for b in batch_sizes]
-        self.boundaries = [schedules.positive_steps("BatchSizeSchedule", "boundaries", e)
+        self.boundaries = [_checks.positive_int("BatchSizeSchedule", "boundaries", e)
                            for e in boundaries]
         if not self.batch_sizes or len(self.boundaries) != len(self.batch_sizes) - 1:
             raise ValueError(
@@ -81,7 +81,7 @@ class BatchSizeSchedule:
         The defaults are the values the authors' code runs (batch 1 for 3 epochs, then 16; it
         prepares a third size for later epochs but trains with the same loader throughout).
         """
-        warm_epochs = schedules.positive_steps("BatchSizeSchedule.warm", "warm_epochs", warm_epochs)
+        warm_epochs = _checks.positive_int("BatchSizeSchedule.warm", "warm_epochs", warm_epochs)
         return cls([warm_batch_size, batch_size], [warm_epochs])
 
     def batch_size(self, epoch):
@@ -166,7 +166,7 @@ class AdaptiveBatchDataset(tf.data.Dataset):
 
     @batch_size.setter
     def batch_size(self, value):
-        self._batch_size = schedules.positive_steps("AdaptiveBatchDataset", "batch_size", value)
+        self._batch_size = _checks.positive_int("AdaptiveBatchDataset", "batch_size", value)
         self._batched = self._examples.batch(self._batch_size).prefetch(tf.data.AUTOTUNE)
 
     @property

@@ -26,7 +26,7 @@ ROUTING_VARIANTS = {
 }
 
 
-def _conv_length(size, kernel, padding, stride):
+def conv_output_length(size, kernel, padding, stride):
     """Output length of a convolution along one axis (Keras' "valid" / "same" rules)."""
     return -(-size // stride) if padding == "same" else (size - kernel) // stride + 1
 
@@ -71,7 +71,7 @@ class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
                 f"PrimaryCapsules: expected a feature map of shape (batch, height, width, channels), "
                 f"got a rank-{len(shape)} input of shape {shape}"
             )
-        if any(d is not None and _conv_length(d, k, self.conv.padding, st) < 1
+        if any(d is not None and conv_output_length(d, k, self.conv.padding, st) < 1
                for d, k, st in zip(shape[1:3], self.conv.kernel_size, self.conv.strides)):
             raise ValueError(
                 f"PrimaryCapsules: a {self.conv.kernel_size} kernel with strides {self.conv.strides} "
@@ -313,16 +313,9 @@ class CapsuleMask(tf.keras.layers.Layer, WeightlessPrunable):
             if len(inputs) != 2:
                 raise ValueError(f"CapsuleMask: expected [capsules, labels], got {len(inputs)} inputs")
             inputs, labels = inputs
-        num_capsules = inputs.shape[1]
-        by_length = tf.one_hot(tf.argmax(ops.safe_norm(inputs, axis=-1), axis=-1), num_capsules,
-                               dtype=inputs.dtype)
-        if labels is None:
-            mask = by_length
-        else:
-            by_label = ops.one_hot_labels(labels, num_capsules, inputs.dtype)
-            mask = tf.keras.backend.in_train_phase(by_label, by_length, training=training)
+        mask = ops.selected_capsules(inputs, labels, training)
         masked = inputs * mask[..., tf.newaxis]
-        return tf.reshape(masked, [-1, num_capsules * inputs.shape[2]])
+        return tf.reshape(masked, [-1, inputs.shape[1] * inputs.shape[2]])
 
     def compute_output_shape(self, input_shape):
         shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and not isinstance(

@@ -8,7 +8,7 @@
 """
 import tensorflow as tf
 
-from kcaps import ops
+from kcaps import _checks, ops
 
 _register = tf.keras.utils.register_keras_serializable(package="kcaps")
 
@@ -46,10 +46,7 @@ class MultiDigitAccuracy(tf.keras.metrics.MeanMetricWrapper):
     """
 
     def __init__(self, num_digits=2, name="both_digits_accuracy", dtype=None):
-        if isinstance(num_digits, bool) or not isinstance(num_digits, int) or num_digits < 1:
-            raise ValueError(f"MultiDigitAccuracy: `num_digits` must be a positive integer, "
-                             f"got {num_digits!r}")
-        self.num_digits = num_digits
+        self.num_digits = _checks.positive_int("MultiDigitAccuracy", "num_digits", num_digits)
         super().__init__(_top_k_set_matches, name=name, dtype=dtype, k=num_digits)
 
     def get_config(self):

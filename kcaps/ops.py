@@ -62,6 +62,29 @@ def one_hot_labels(labels, num_classes, dtype=tf.float32):
     return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=dtype)
 
 
+def selected_capsules(capsules, labels=None, training=None):
+    """One-hot `(batch, num_capsules)`: the label's capsule while training, else the longest.
+
+    Sabour et al.'s mask and FasTrCaps' small decoder both select this way. With `labels`
+    (class ids or one/multi-hot) and `training`, the labels select; otherwise, and always at
+    inference, the capsule of largest length does.
+
+    >>> import kcaps, tensorflow as tf
+    >>> capsules = tf.constant([[[1.0, 0.0], [3.0, 4.0]]])
+    >>> kcaps.ops.selected_capsules(capsules).numpy()
+    array([[0., 1.]], dtype=float32)
+    >>> kcaps.ops.selected_capsules(capsules, [0], training=True).numpy()
+    array([[1., 0.]], dtype=float32)
+    """
+    num_capsules = capsules.shape[1]
+    by_length = tf.one_hot(tf.argmax(safe_norm(capsules, axis=-1), axis=-1), num_capsules,
+                           dtype=capsules.dtype)
+    if labels is None:
+        return by_length
+    by_label = one_hot_labels(labels, num_capsules, capsules.dtype)
+    return tf.keras.backend.in_train_phase(by_label, by_length, training=training)
+
+
 SQUASH_FUNCTIONS = {"squash": squash, "approx": squash_approx}
 
 

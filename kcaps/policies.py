@@ -36,23 +36,33 @@ import math
 
 import tensorflow as tf
 
-from kcaps import schedules
+from kcaps import _checks, lr_schedules
 from kcaps.adaptive_batch import BatchSizeSchedule
+from kcaps.registry import Registry
 
-LR_POLICIES = ("fixed", "exp_decay", "one_cycle", "warm_restarts", "warm_adabatch")
-BATCH_POLICIES = ("fixed", "adabatch")
+# name -> `(learning_rate, steps of each epoch, **options) -> learning rate`; each policy
+# takes the options of `learning_rate_schedule` it uses and ignores the others
+LR_POLICIES = Registry("learning-rate policy", "learning-rate policies", allow_callables=False)
+# name -> `(batch_size, warm_epochs, warm_batch_size, adabatch_size) -> BatchSizeSchedule`
+BATCH_POLICIES = Registry("batch policy", "batch policies", allow_callables=False)
 EXP_DECAY_RATE = 0.96  # the authors' `--decay-rate`
 LR_MIN_FACTOR = 0.1  # lr_min = lr_max / 10 in every cyclic policy of the paper
+
+
+@BATCH_POLICIES.register("fixed")
+def _fixed_batch(batch_size, warm_epochs, warm_batch_size, adabatch_size):
+    return BatchSizeSchedule([batch_size])
+
+
+@BATCH_POLICIES.register("adabatch")
+def _adabatch(batch_size, warm_epochs, warm_batch_size, adabatch_size):
+    return BatchSizeSchedule.warm(warm_epochs, warm_batch_size, adabatch_size)
 
 
 def batch_size_schedule(policy="fixed", batch_size=128, warm_epochs=3, warm_batch_size=1,
                         adabatch_size=16):
     """A `BatchSizeSchedule` by policy name (`"fixed"` or `"adabatch"`)."""
-    if policy == "fixed":
-        return BatchSizeSchedule([batch_size])
-    if policy == "adabatch":
-        return BatchSizeSchedule.warm(warm_epochs, warm_batch_size, adabatch_size)
-    raise ValueError(f"unknown batch policy {policy!r}; valid: {', '.join(BATCH_POLICIES)}")
+    return BATCH_POLICIES.get(policy)(batch_size, warm_epochs, warm_batch_size, adabatch_size)
 
 
 def learning_rate_schedule(policy, learning_rate, batch_schedule, num_examples, epochs,
@@ -68,29 +78,44 @@ def learning_rate_schedule(policy, learning_rate, batch_schedule, num_examples, 
       warm_epochs: epochs of the first cycle of `warm_adabatch`.
       decay_steps: `exp_decay` steps per factor 0.96 (default: a tenfold decay over the run).
     """
-    learning_rate = schedules.positive_number(policy, "learning_rate", learning_rate)
-    epochs = schedules.positive_steps(policy, "epochs", epochs)
-    num_examples = schedules.positive_steps(policy, "num_examples", num_examples)
+    build = LR_POLICIES.get(policy)
+    learning_rate = _checks.positive_number(policy, "learning_rate", learning_rate)
+    epochs = _checks.positive_int(policy, "epochs", epochs)
+    num_examples = _checks.positive_int(policy, "num_examples", num_examples)
     per_epoch = [batch_schedule.steps_per_epoch(e, num_examples) for e in range(epochs)]
-    total = sum(per_epoch)
-    lr_min = learning_rate * LR_MIN_FACTOR
-    if policy == "fixed":
-        return learning_rate
-    if policy == "exp_decay":
-        if decay_steps is None:  # 0.96 ** (total / decay_steps) = 1 / 10
-            decay_steps = total * math.log(EXP_DECAY_RATE) / math.log(LR_MIN_FACTOR)
-        decay_steps = schedules.positive_number(policy, "decay_steps", decay_steps)
-        return tf.keras.optimizers.schedules.ExponentialDecay(
-            learning_rate, decay_steps, EXP_DECAY_RATE)
-    if policy == "one_cycle":
-        return schedules.OneCycle(lr_min, total)
-    if policy == "warm_restarts":
-        return schedules.CosineRestarts(lr_min, learning_rate, per_epoch)
-    if policy == "warm_adabatch":
-        warm_epochs = schedules.positive_steps(policy, "warm_epochs", warm_epochs)
-        cycles = [sum(per_epoch[:warm_epochs]), sum(per_epoch[warm_epochs:])]
-        return schedules.CosineRestarts(lr_min, learning_rate, [c for c in cycles if c > 0])
-    raise ValueError(f"unknown learning-rate policy {policy!r}; valid: {', '.join(LR_POLICIES)}")
+    return build(learning_rate, per_epoch, warm_epochs=warm_epochs, decay_steps=decay_steps)
+
+
+@LR_POLICIES.register("fixed")
+def _fixed(learning_rate, per_epoch, **_options):
+    return learning_rate
+
+
+@LR_POLICIES.register("exp_decay")
+def _exp_decay(learning_rate, per_epoch, decay_steps=None, **_options):
+    if decay_steps is None:  # 0.96 ** (total / decay_steps) = 1 / 10
+        decay_steps = sum(per_epoch) * math.log(EXP_DECAY_RATE) / math.log(LR_MIN_FACTOR)
+    decay_steps = _checks.positive_number("exp_decay", "decay_steps", decay_steps)
+    return tf.keras.optimizers.schedules.ExponentialDecay(
+        learning_rate, decay_steps, EXP_DECAY_RATE)
+
+
+@LR_POLICIES.register("one_cycle")
+def _one_cycle(learning_rate, per_epoch, **_options):
+    return lr_schedules.OneCycle(learning_rate * LR_MIN_FACTOR, sum(per_epoch))
+
+
+@LR_POLICIES.register("warm_restarts")
+def _warm_restarts(learning_rate, per_epoch, **_options):
+    return lr_schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate, per_epoch)
+
+
+@LR_POLICIES.register("warm_adabatch")
+def _warm_adabatch(learning_rate, per_epoch, warm_epochs=3, **_options):
+    warm_epochs = _checks.positive_int("warm_adabatch", "warm_epochs", warm_epochs)
+    cycles = [sum(per_epoch[:warm_epochs]), sum(per_epoch[warm_epochs:])]
+    return lr_schedules.CosineRestarts(learning_rate * LR_MIN_FACTOR, learning_rate,
+                                    [c for c in cycles if c > 0])
 
 
 def warm_adabatch(num_examples, epochs, learning_rate=1e-3, warm_epochs=3, warm_batch_size=1,

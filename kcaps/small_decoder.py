@@ -39,14 +39,7 @@ class SelectedCapsule(tf.keras.layers.Layer, WeightlessPrunable):
                 raise ValueError(
                     f"SelectedCapsule: expected [capsules, labels], got {len(inputs)} inputs")
             inputs, labels = inputs
-        num_capsules = inputs.shape[1]
-        by_length = tf.one_hot(tf.argmax(ops.safe_norm(inputs, axis=-1), axis=-1), num_capsules,
-                               dtype=inputs.dtype)
-        if labels is None:
-            selection = by_length
-        else:
-            by_label = ops.one_hot_labels(labels, num_capsules, inputs.dtype)
-            selection = tf.keras.backend.in_train_phase(by_label, by_length, training=training)
+        selection = ops.selected_capsules(inputs, labels, training)
         return tf.squeeze(tf.matmul(selection[:, tf.newaxis, :], inputs), axis=1)
 
     def compute_output_shape(self, input_shape):

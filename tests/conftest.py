@@ -66,3 +66,7 @@ def numpy_routing(u_hat, iterations, agreement="dot", bias=None):
                     dot = np.sum(numpy_sign(u_hat[:, :, j, :]) * numpy_sign(v[:, None, j, :]), axis=-1)
                     b[:, :, j] += k * beta * dot
     return v
+
+
+def _examples(x, y):
+    return tf.data.Dataset.from_tensor_slices((x, y))

@@ -1,6 +1,5 @@
 """Capsule activity: inactive fraction and mean length per capsule layer, and the monitor."""
 import glob
-import os
 
 import numpy as np
 import pytest
@@ -44,11 +43,10 @@ def test_capsule_activity_matches_the_layers_outputs():
 
 
 @pytest.mark.slow
-def test_monitor_writes_logs_csv_tensorboard_and_one_plot_per_layer(tmp_path):
+def test_monitor_writes_logs_csv_and_tensorboard(tmp_path):
     model = _deep()
     model.compile(tf.keras.optimizers.Adam(1e-3))
-    monitor = kcaps.activity.CapsuleActivityMonitor(
-        X[:8], log_dir=str(tmp_path / "activity"), plot_dir=str(tmp_path / "plots"))
+    monitor = kcaps.activity.CapsuleActivityMonitor(X[:8], log_dir=str(tmp_path / "activity"))
     csv = tmp_path / "log.csv"
     history = model.fit(X, Y, batch_size=6, epochs=2, verbose=0, callbacks=[
         monitor, tf.keras.callbacks.CSVLogger(str(csv)),
@@ -60,6 +58,5 @@ def test_monitor_writes_logs_csv_tensorboard_and_one_plot_per_layer(tmp_path):
         record = monitor.history[name]
         assert record["epoch"] == [0, 1, 2]  # the state before training, then each epoch
         assert record["mean_length"][1:] == pytest.approx(history[f"{name}_mean_length"])
-        assert os.path.getsize(tmp_path / "plots" / f"{name}.png") > 1000
     assert glob.glob(str(tmp_path / "activity" / "events.out.tfevents.*"))
     assert glob.glob(str(tmp_path / "tb" / "train" / "events.out.tfevents.*"))

@@ -66,8 +66,8 @@ def test_models_registry_and_training_step():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"backbone": "vgg16"}, "unknown backbone 'vgg16'; valid backbones: mobilenetv2, resnet50, cnn"),
-    ({"head": "em"}, "unknown head 'em'; valid heads: dense, dynamic, xnodr, xnidr"),
+    ({"backbone": "vgg16"}, "unknown backbone 'vgg16'; valid backbones: cnn, mobilenetv2, resnet50"),
+    ({"head": "em"}, "unknown head 'em'; valid heads: dense, dynamic, xnidr, xnodr"),
     ({"input_shape": (20, 20, 1)}, r"input of 20x20 is too small; the minimum is 28x28"),
     ({"backbone": "resnet50", "input_shape": (27, 40, 3)}, "the minimum is 28x28"),
     ({"backbone": "cnn", "input_shape": (8, 8, 1)}, "the minimum is 10x10"),

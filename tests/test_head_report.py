@@ -13,7 +13,7 @@ def test_heads_command_prints_profiled_rows(capsys):
     out = capsys.readouterr().out
     header, _, dynamic, xnodr = out.strip().splitlines()[-4:]
     assert "binary_params" in header and "deployment_bytes" in header and "accuracy" not in header
-    expected = kcaps.profiling.profile(
+    expected = kcaps.complexity.profile(
         kcaps.models.backbone_capsnet("cnn", "xnodr", (28, 28, 1), 10))
     cells = [c.strip() for c in xnodr.strip("|").split("|")]
     assert cells[:2] == ["cnn", "xnodr"]
@@ -25,7 +25,7 @@ def test_heads_command_prints_profiled_rows(capsys):
 
 def test_heads_command_rejects_unknown_names(capsys):
     assert cli.main(["heads", "--backbones", "vgg16"]) == 2
-    assert "valid backbones: mobilenetv2, resnet50, cnn" in capsys.readouterr().err
+    assert "valid backbones: cnn, mobilenetv2, resnet50" in capsys.readouterr().err
     assert cli.main(["heads", "--multimnist"]) == 2
     assert "--multimnist needs --dataset" in capsys.readouterr().err
 

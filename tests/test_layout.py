@@ -79,3 +79,53 @@ def test_import_tflite_and_training_from_the_root_imports_no_project_code():
         for line in result.stdout.splitlines():
             if line.startswith(room + " "):
                 assert line.split(" ", 1)[1] == "None", line   # a namespace at most, no code
+
+
+def _kcaps_imports():
+    """`{module: {imported package or kcaps module}}` for every module of kcaps, read by ast."""
+    import ast
+
+    root = ROOT / "kcaps"
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                # `from kcaps import ops` imports kcaps.ops; `from kcaps.x import f`, kcaps.x
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    imported.add(submodule if submodule in modules else node.module)
+        graph[name] = imported
+    return modules, graph
+
+
+def test_kcaps_imports_neither_deployment_nor_application_and_has_no_cycle():
+    modules, graph = _kcaps_imports()
+    outward = {name: sorted(i for i in imported if i.split(".")[0] in PACKAGES[1:])
+               for name, imported in graph.items()}
+    assert not any(outward.values()), {name: i for name, i in outward.items() if i}
+    # Among kcaps' own modules (the package `kcaps` itself, which imports them all, left out):
+    edges = {name: sorted(i for i in imported if i in modules and i != "kcaps" and i != name)
+             for name, imported in graph.items() if name != "kcaps"}
+    state, cycles = {}, []
+
+    def visit(name, stack):
+        state[name] = "open"
+        for target in edges.get(name, []):
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[name] = "done"
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name, [name])
+    assert len(modules) > 30 and sum(map(len, edges.values())) > 40  # the parse found the graph
+    assert cycles == [], cycles

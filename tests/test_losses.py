@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kcaps
 
@@ -47,3 +48,31 @@ def test_losses_round_trip_their_config():
 def test_margin_loss_rejects_bad_margins(kwargs):
     with pytest.raises(ValueError, match="MarginLoss"):
         kcaps.losses.MarginLoss(**kwargs)
+
+
+def _numpy_ccm(maps, eps=1e-6):
+    mean_maps = maps.mean(axis=0).reshape(-1, maps.shape[-1])
+    c = mean_maps.shape[1]
+    values = []
+    for i in range(c):
+        for j in range(c):
+            if i != j:
+                a, b = mean_maps[:, i] - mean_maps[:, i].mean(), mean_maps[:, j] - mean_maps[:, j].mean()
+                values.append(abs(np.mean(a * b) / np.sqrt((np.mean(a * a) + eps) * (np.mean(b * b) + eps))))
+    return np.mean(values)
+
+
+def test_ccm_loss_is_minus_weight_times_the_mean_absolute_channel_correlation():
+    maps = np.random.default_rng(0).normal(size=(3, 5, 5, 4)).astype(np.float32)
+    maps[..., 1] = 2 * maps[..., 0] + 1  # perfectly correlated pair
+    expected = _numpy_ccm(maps.astype(np.float64))
+    assert float(kcaps.losses.channel_correlation(maps)) == pytest.approx(expected, rel=1e-4)
+    layer = kcaps.losses.ChannelCorrelationLoss(weight=0.5)
+    out = layer(maps, training=True)
+    np.testing.assert_array_equal(out.numpy(), maps)
+    assert float(layer.losses[0]) == pytest.approx(-0.5 * expected, rel=1e-4)
+    assert layer(maps, training=False) is not None and len(layer.losses) == 0
+    clone = kcaps.losses.ChannelCorrelationLoss.from_config(layer.get_config())
+    assert clone.weight == 0.5
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        kcaps.losses.ChannelCorrelationLoss()(tf.zeros([1, 3, 3, 1]))

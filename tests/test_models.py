@@ -98,3 +98,21 @@ def test_short_fit_on_real_digits_lowers_the_loss(real_digits):
     after = model.evaluate(x, y, verbose=0, return_dict=True)
     assert after["loss"] < 0.7 * before["loss"]
     assert after["accuracy"] > 0.5
+
+
+def test_papers_shared_capsnet_parameter_count():
+    unshared = kcaps.models.capsnet().count_params()
+    small = kcaps.models.capsnet(decoder="small").count_params()
+    assert unshared - small == 73_728
+    shared = kcaps.models.capsnet(weight_sharing=32, sharing_order="type_major", decoder="small")
+    # the paper's 6,719,920 counts 11,520 coupling coefficients and a 160-value bias besides
+    assert shared.count_params() == 6_719_920 - 11_520 - 160
+    assert shared.get_layer("class_capsules").kernel.shape == (32, 8, 10, 16)
+
+
+def test_squash_option_reaches_primary_and_class_capsules():
+    model = kcaps.models.small_capsnet(squash="approx")
+    assert model.get_layer("primary_capsules").squash == "approx"
+    assert model.get_layer("class_capsules").squash == "approx"
+    with pytest.raises(ValueError, match="decoder"):
+        kcaps.models.capsnet(decoder="tiny")

@@ -55,9 +55,11 @@ from kcaps import _checks, _optional
 from kcaps.layers import CapsuleDense, CapsuleLength, Squash
 from kcaps.models.capsnet import image_input
 from kcaps.models.capsule_model import LENGTHS, CapsuleModel
+from kcaps.registry import Registry
 
-BACKBONES = ("mobilenetv2", "resnet50", "cnn")
-HEADS = ("dense", "dynamic", "xnodr", "xnidr")
+# name -> builder `(input shape, weights) -> feature extractor`; name -> head builder (below)
+BACKBONES = Registry("backbone", allow_callables=False)
+HEADS = Registry("head", allow_callables=False)
 BINARIZED_HEADS = ("xnodr", "xnidr")
 # The authors freeze the last layers of their pretrained backbones under the capsule heads.
 PAPER_FROZEN_LAYERS = {"mobilenetv2": 5, "resnet50": 10, "cnn": 0}
@@ -93,10 +95,7 @@ def backbone_capsnet(backbone="mobilenetv2", head="xnodr", input_shape=(32, 32, 
     Returns:
       A `CapsuleModel` from images to class scores `(batch, num_classes)` named `lengths`.
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(HEADS)}")
+    build_backbone, build_head = BACKBONES.get(backbone), HEADS.get(head)
     if head in BINARIZED_HEADS:
         _optional.larq()  # before anything is built: say which package is missing
     owner = f"backbone_capsnet({backbone!r}, {head!r})"
@@ -110,23 +109,16 @@ def backbone_capsnet(backbone="mobilenetv2", head="xnodr", input_shape=(32, 32, 
     image = image_input(owner, input_shape, min_size=_MIN_SIZE[backbone])
 
     x = _prepare_input(image, backbone, weights, upsample)
-    extractor = _BACKBONE_BUILDERS[backbone](tuple(x.shape[1:]), weights)
+    extractor = build_backbone(tuple(x.shape[1:]), weights)
     frozen = _frozen_count(owner, backbone, head, frozen_backbone_layers, len(extractor.layers))
     for layer in extractor.layers[len(extractor.layers) - frozen:]:
         layer.trainable = False
     features = extractor(x)
     if not 0.0 <= bn_momentum < 1.0:
         raise ValueError(f"{owner}: `bn_momentum` must be in [0, 1), got {bn_momentum!r}")
-    if head == "dense":
-        scores = _dense_head(features, backbone, num_classes)
-    else:
-        norm = functools.partial(tf.keras.layers.BatchNormalization, momentum=bn_momentum)
-        capsules = _primary_capsules(features, backbone, norm)
-        v = CapsuleDense(num_classes, capsule_dim, routing=head,
-                         routing_iterations=routing_iterations, name="class_capsules")(capsules)
-        v = norm(name="class_capsules_bn")(v)
-        v = tf.keras.layers.ReLU(name="class_capsules_relu")(v)
-        scores = CapsuleLength(name=LENGTHS)(v)
+    norm = functools.partial(tf.keras.layers.BatchNormalization, momentum=bn_momentum)
+    scores = build_head(features, backbone, num_classes, capsule_dim=capsule_dim,
+                        routing_iterations=routing_iterations, norm=norm)
     return CapsuleModel(image, scores, name=name or f"{backbone}_{head}")
 
 
@@ -166,14 +158,17 @@ def _frozen_count(owner, backbone, head, frozen, available):
     return frozen
 
 
+@BACKBONES.register("mobilenetv2")
 def _mobilenetv2(shape, weights):
     return tf.keras.applications.MobileNetV2(input_shape=shape, include_top=False, weights=weights)
 
 
+@BACKBONES.register("resnet50")
 def _resnet50(shape, weights):
     return tf.keras.applications.ResNet50(input_shape=shape, include_top=False, weights=weights)
 
 
+@BACKBONES.register("cnn")
 def _cnn(shape, weights=None):
     """The authors' small MNIST trunk: conv 128 - conv 128 + max pool - conv 256 (3x3, valid).
 
@@ -188,9 +183,6 @@ def _cnn(shape, weights=None):
         x = tf.keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-6, name=f"bn{k}")(x)
         x = tf.keras.layers.ReLU(name=f"relu{k}")(x)
     return tf.keras.Model(image, x, name="cnn")
-
-
-_BACKBONE_BUILDERS = {"mobilenetv2": _mobilenetv2, "resnet50": _resnet50, "cnn": _cnn}
 
 
 def _primary_capsules(features, backbone, norm):
@@ -217,7 +209,24 @@ def _primary_capsules(features, backbone, norm):
     return layers.ReLU(name="primary_relu")(x)
 
 
-def _dense_head(features, backbone, num_classes):
+def _capsule_head(routing, features, backbone, num_classes, capsule_dim, routing_iterations,
+                  norm):
+    """Primary capsules (`_primary_capsules`) -> class capsules -> BatchNorm -> ReLU -> lengths."""
+    capsules = _primary_capsules(features, backbone, norm)
+    v = CapsuleDense(num_classes, capsule_dim, routing=routing,
+                     routing_iterations=routing_iterations, name="class_capsules")(capsules)
+    v = norm(name="class_capsules_bn")(v)
+    v = tf.keras.layers.ReLU(name="class_capsules_relu")(v)
+    return CapsuleLength(name=LENGTHS)(v)
+
+
+for _routing in ("dynamic", "xnodr", "xnidr"):
+    HEADS.register(_routing, functools.partial(_capsule_head, _routing))
+
+
+@HEADS.register("dense")
+def _dense_head(features, backbone, num_classes, **_capsule_options):
+    """The authors' fully connected baseline (module doc); ignores the capsule options."""
     layers = tf.keras.layers
     x = layers.GlobalAveragePooling2D(name="head_pool")(features)
     if backbone == "resnet50":

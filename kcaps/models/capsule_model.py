@@ -12,6 +12,7 @@ and TFLite conversion see an ordinary graph of layers. Outputs are found by the 
 that makes them, looking through wrappers, so a model whose layers tfmot wrapped
 (`prune_low_magnitude_lengths`) still trains on plain labels.
 """
+import numpy as np
 import tensorflow as tf
 
 from kcaps import losses, ops
@@ -101,6 +102,35 @@ class CapsuleModel(tf.keras.Model):
         self.compile(**tf.keras.saving.deserialize_keras_object(config))
         if isinstance(self.optimizer, tf.keras.optimizers.Optimizer) and self.built:
             self.optimizer.build(self.trainable_variables)  # so saved optimizer state can load
+
+
+def graph_inputs(model, x):
+    """Images `x` -> what `model`'s graph takes: a `CapsuleModel` with a label input gets zero
+    labels beside the images (its mask then picks the longest capsule); others get `x`."""
+    x = tf.convert_to_tensor(x)
+    return model._graph_inputs(x, None) if isinstance(model, CapsuleModel) else x
+
+
+def probe(model, tensors, data, batch_size=256):
+    """The values of `tensors` (symbolic tensors of `model`'s graph) on `data`, as NumPy arrays.
+
+    One probe model from `model`'s inputs to `tensors`, run in inference mode on batches of
+    `batch_size` images; returns a list with one `(examples, ...)` array per tensor.
+
+    >>> import kcaps, numpy as np
+    >>> model = kcaps.models.small_capsnet(decoder=True)
+    >>> [v.shape for v in probe(model, [model.get_layer("primary_capsules").output],
+    ...                         np.zeros([3, 28, 28, 1], np.float32), batch_size=2)]
+    [(3, 128, 8)]
+    """
+    runner = tf.keras.Model(model.inputs, list(tensors))
+    parts = [[] for _ in tensors]
+    for start in range(0, len(data), batch_size):
+        outputs = runner(graph_inputs(model, data[start:start + batch_size]), training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for part, value in zip(parts, outputs):
+            part.append(value.numpy())
+    return [np.concatenate(part) for part in parts]
 
 
 def unwrap(layer):

@@ -13,7 +13,7 @@ EIDOSLAB/towards-efficient-capsule-networks).
 import tensorflow as tf
 
 from kcaps import _checks
-from kcaps.layers import PrimaryCapsules, _conv_length
+from kcaps.layers import PrimaryCapsules, conv_output_length
 from kcaps.models.capsnet import capsule_head, image_input
 
 
@@ -50,7 +50,7 @@ def cnn_capsnet(input_shape=(28, 28, 1), num_classes=10, conv_filters=(32, 64, 1
     h = image
     for k, (filters, kernel, stride) in enumerate(zip(conv_filters, kernel_sizes, strides), 1):
         _checks.positive_int(owner, "conv_filters", filters)
-        size = [_conv_length(d, kernel, "valid", stride) for d in size]
+        size = [conv_output_length(d, kernel, "valid", stride) for d in size]
         if min(size) < 1:
             raise ValueError(f"{owner}: block {k} ({kernel}x{kernel}, stride {stride}) leaves no "
                              f"positions on a {input_shape[0]}x{input_shape[1]} input")

@@ -14,7 +14,7 @@ import tensorflow as tf
 from kcaps import _checks
 from kcaps.layers import CapsuleDense, PrimaryCapsules
 from kcaps.models.capsnet import capsule_head, image_input
-from kcaps.pruning.ccm import ChannelCorrelationLoss
+from kcaps.losses import ChannelCorrelationLoss
 
 
 def _per_layer(owner, field, value, count):
@@ -57,8 +57,7 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
     (None, 10, 16)
     """
     owner = "deep_capsnet"
-    if isinstance(num_intermediate, bool) or not isinstance(num_intermediate, int) or num_intermediate < 0:
-        raise ValueError(f"{owner}: `num_intermediate` must be an integer >= 0, got {num_intermediate!r}")
+    _checks.non_negative_int(owner, "num_intermediate", num_intermediate)
     counts = _per_layer(owner, "intermediate_capsules", intermediate_capsules, num_intermediate)
     dims = _per_layer(owner, "intermediate_dims", intermediate_dims, num_intermediate)
     if not ccm_weight >= 0:

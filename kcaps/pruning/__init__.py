@@ -12,7 +12,8 @@ Two kinds of pruning, used in a plain `model.fit`:
   CapsNets Using Channel Pruning"): `prune_channels` ranks backbone channels, capsule types and
   capsules (`criteria`: L1 norm, CHIP, activity) and rebuilds a physically smaller model
   (`surgery.shrink`); `IterativeChannelPruning` does it gradually during `fit` with masks;
-  `ChannelCorrelationLoss` is Sahu and Altahhan's CCM loss.
+  `kcaps.losses.ChannelCorrelationLoss` is Sahu and Altahhan's CCM loss, which makes channels
+  redundant before pruning.
 
 >>> import kcaps, tensorflow_model_optimization as tfmot
 >>> model = kcaps.models.small_capsnet()
@@ -21,16 +22,14 @@ Two kinds of pruning, used in a plain `model.fit`:
 >>> type(pruned).__name__
 'CapsuleModel'
 """
-from kcaps.pruning.ccm import ChannelCorrelationLoss, channel_correlation
 from kcaps.pruning.criteria import CRITERIA, chip_scores, l1_scores, unit_scores
 from kcaps.pruning.report import count_flops, has_m_by_n, sparsity_report, summarize
-from kcaps.pruning.schedule import IterativeChannelPruning
+from kcaps.pruning.iterative import IterativeChannelPruning
 from kcaps.pruning.structure import prunable_units
 from kcaps.pruning.surgery import apply_masks, masks, prune_channels, select, shrink
 
 __all__ = [
-    "CRITERIA", "ChannelCorrelationLoss", "IterativeChannelPruning", "apply_masks",
-    "channel_correlation", "chip_scores", "count_flops", "has_m_by_n", "l1_scores", "masks",
-    "prunable_units", "prune_channels", "select", "shrink", "sparsity_report", "summarize",
-    "unit_scores",
+    "CRITERIA", "IterativeChannelPruning", "apply_masks", "chip_scores", "count_flops",
+    "has_m_by_n", "l1_scores", "masks", "prunable_units", "prune_channels", "select", "shrink",
+    "sparsity_report", "summarize", "unit_scores",
 ]

@@ -22,12 +22,14 @@
 (8,)
 """
 import numpy as np
-import tensorflow as tf
 
 from kcaps.layers import CapsuleDense, PrimaryCapsules
+from kcaps.models.capsule_model import probe
 from kcaps.pruning import structure
+from kcaps.registry import Registry
 
-CRITERIA = ("l1", "chip", "activity")
+# name -> `(graph, {name: layer}, data, batch_size) -> {name: scores}`
+CRITERIA = Registry("pruning criterion", "pruning criteria", allow_callables=False)
 
 
 def unit_scores(model, names, criterion="l1", data=None, batch_size=64):
@@ -40,17 +42,38 @@ def unit_scores(model, names, criterion="l1", data=None, batch_size=64):
       data: images (a NumPy array, a few hundred are plenty) for the data-driven criteria.
       batch_size: images per forward pass.
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown pruning criterion {criterion!r}; valid: {', '.join(CRITERIA)}")
+    score = CRITERIA.get(criterion)
     graph = structure.Graph(model)
     layers = {name: structure.check_prunable(graph, name) for name in names}
-    if criterion == "l1":
-        return {name: l1_scores(layer) for name, layer in layers.items()}
+    return score(graph, layers, data, batch_size)
+
+
+@CRITERIA.register("l1")
+def _l1(graph, layers, data, batch_size):
+    return {name: l1_scores(layer) for name, layer in layers.items()}
+
+
+def needs_data(criterion):
+    """Whether the named criterion scores units on data (a ValueError for an unknown name)."""
+    return CRITERIA.get(criterion) is not _l1
+
+
+def _needs_data(criterion, data):
     if data is None or len(data) == 0:
         raise ValueError(f"pruning criterion {criterion!r} needs `data` (a batch of inputs)")
+
+
+@CRITERIA.register("chip")
+def _chip(graph, layers, data, batch_size):
+    _needs_data("chip", data)
     outputs = layer_outputs(graph, list(layers), data, batch_size)
-    if criterion == "chip":
-        return {name: chip_scores(unit_rows(layers[name], value)) for name, value in outputs.items()}
+    return {name: chip_scores(unit_rows(layers[name], value)) for name, value in outputs.items()}
+
+
+@CRITERIA.register("activity")
+def _activity(graph, layers, data, batch_size):
+    _needs_data("activity", data)
+    outputs = layer_outputs(graph, list(layers), data, batch_size)
     return {name: activity_scores(layers[name], value) for name, value in outputs.items()}
 
 
@@ -66,22 +89,14 @@ def l1_scores(layer):
 
 def layer_outputs(graph, names, data, batch_size=64):
     """`{name: array}`: where the next layer reads each named layer's units, on `data`."""
-    model = graph.model
-    tensors = [_unit_tensor(graph, name) for name in names]
-    probe = tf.keras.Model(model.inputs, tensors)
-    results = {name: [] for name in names}
-    for start in range(0, len(data), batch_size):
-        outputs = probe(_model_inputs(model, data[start:start + batch_size]), training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        for name, value in zip(names, outputs):
-            results[name].append(value.numpy())
-    return {name: np.concatenate(parts) for name, parts in results.items()}
+    values = probe(graph.model, [_unit_tensor(graph, name) for name in names], data, batch_size)
+    return dict(zip(names, values))
 
 
 def _unit_tensor(graph, name):
     """The tensor where the next layer reads a layer's units (after BN/activations for convs)."""
     layer = graph.layer(name)
-    if not structure._is_prunable_conv(layer):
+    if not structure.is_prunable_conv(layer):
         return layer.output
     current = name
     while True:
@@ -89,13 +104,6 @@ def _unit_tensor(graph, name):
         if len(consumers) != 1 or not isinstance(graph.layer(consumers[0]), structure.ELEMENTWISE):
             return graph.layer(current).output
         current = consumers[0]
-
-
-def _model_inputs(model, x):
-    """Images -> what the model's graph takes (zeros for a capsule model's label input)."""
-    graph_inputs = getattr(model, "_graph_inputs", None)
-    x = tf.convert_to_tensor(x)
-    return graph_inputs(x, None) if graph_inputs is not None else x
 
 
 def unit_rows(layer, value):

@@ -17,6 +17,10 @@ Anything else that would receive a smaller tensor (`Add`, `Concatenate`, a model
 shared layer, ...) makes the plan fail with a ValueError naming the layers, before any weight is
 touched.
 
+What happens at each kind of layer is one `ChannelSurgery` (the protocol), chosen from the table
+`SURGERY` by the layer's class (tfmot's way: one protocol plus a table of built-in layers);
+`register(LayerClass, surgery)` teaches the surgery a new layer.
+
 >>> import kcaps
 >>> model = kcaps.models.cnn_capsnet(conv_filters=(8, 16), kernel_sizes=(5, 3), strides=(2, 2))
 >>> sorted(prunable_units(model).items())
@@ -28,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcaps.layers import CapsuleDense, PrimaryCapsules
-from kcaps.pruning.ccm import ChannelCorrelationLoss
+from kcaps.losses import ChannelCorrelationLoss
 
 _layers = tf.keras.layers
 
@@ -40,12 +44,8 @@ SPATIAL = (_layers.MaxPooling2D, _layers.AveragePooling2D, _layers.ZeroPadding2D
            _layers.GlobalMaxPooling2D)
 
 
-def _is_channel_wise(layer):
-    return isinstance(layer, ELEMENTWISE + SPATIAL + (_layers.DepthwiseConv2D,
-                                                      ChannelCorrelationLoss))
-
-
-def _is_prunable_conv(layer):
+def is_prunable_conv(layer):
+    """Whether `layer` is a plain `Conv2D` (not a subclass, not grouped, channels last)."""
     return (type(layer) is _layers.Conv2D and layer.groups == 1
             and layer.data_format == "channels_last")
 
@@ -66,22 +66,255 @@ class Selection:
     types: tuple = None
 
 
+def unsupported(selection, layer, why):
+    """The ValueError for a smaller tensor reaching a layer that cannot take it."""
+    return ValueError(
+        f"cannot prune '{selection.origin}': its smaller output reaches layer '{layer.name}' "
+        f"({type(layer).__name__}), which the channel surgery cannot resize: {why}")
+
+
+class ChannelSurgery:
+    """What channel pruning does with one kind of layer: the protocol of the surgery.
+
+    Every layer that a smaller tensor reaches is asked `check_input` (raise `unsupported(...)`
+    unless it can take the selection) and `output_selection` (the selection on its own output,
+    or None when its weights absorb it). `weight_axes` lists the weights the selections slice,
+    `resize_config` writes the smaller sizes into the layer's config. A layer whose own units can
+    be removed names them (`units`, e.g. "channels") and the config field that counts them
+    (`count_field`), and makes the selection of the units it keeps (`own_selection`).
+
+    This base class is what a layer missing from the table gets: it cannot take a smaller input.
+    """
+
+    units = None
+    count_field = None
+
+    def applies(self, layer):
+        """Whether this surgery handles `layer` (the table matches classes; this refines)."""
+        return True
+
+    def check_input(self, layer, in_sel):
+        _require_channels(layer, in_sel)
+        raise unsupported(in_sel, layer, "supported readers are Conv2D, PrimaryCapsules, Dense, "
+                                         "CapsuleDense and channel-wise layers")
+
+    def output_selection(self, layer, in_sel):
+        return None
+
+    def own_selection(self, layer, name, keep):
+        raise NotImplementedError(f"{type(layer).__name__} has no prunable units")
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        """`[(variable, [(axis, kept indices or None), ...]), ...]`."""
+        return []
+
+    def resize_config(self, layer, config, in_sel, out_sel):
+        if _own(layer, out_sel) is not None:
+            count = len(out_sel.types[2]) if out_sel.types is not None else len(out_sel.keep)
+            config[self.count_field] = count
+
+
+def _require_channels(layer, in_sel):
+    if in_sel.axis != -1:
+        raise unsupported(in_sel, layer, "only CapsuleDense reads pruned capsules")
+
+
+def _own(layer, out_sel):
+    """`out_sel` if it is the layer's own selection (it was pruned), else None."""
+    return out_sel if out_sel is not None and out_sel.origin == layer.name else None
+
+
+class ChannelWise(ChannelSurgery):
+    """Per-channel or elementwise layers: the selection passes through.
+
+    `register(MyLayer, ChannelWise())` lets channel pruning pass through a custom layer of that
+    kind (one that works on each channel alone and keeps their number).
+    """
+
+    def check_input(self, layer, in_sel):
+        _require_channels(layer, in_sel)
+
+    def output_selection(self, layer, in_sel):
+        return in_sel
+
+
+class _BatchNormalization(ChannelWise):
+    def check_input(self, layer, in_sel):
+        _require_channels(layer, in_sel)
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        rank = len(layer.input_shape)
+        if [a % rank for a in axes] != [rank - 1]:
+            raise unsupported(in_sel, layer, f"it normalizes axis {layer.axis}, not channels")
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        return [(variable, [(0, in_sel.keep)]) for variable in layer.weights]
+
+
+class _DepthwiseConv2D(ChannelWise):
+    def output_selection(self, layer, in_sel):
+        m = layer.depth_multiplier
+        kept = (in_sel.keep[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+        return Selection(in_sel.origin, -1, kept, in_sel.size * m)
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        return [(layer.depthwise_kernel, [(2, in_sel.keep)]), (layer.bias, [(0, out_sel.keep)])]
+
+
+class _Flatten(ChannelSurgery):
+    def check_input(self, layer, in_sel):
+        _require_channels(layer, in_sel)
+
+    def output_selection(self, layer, in_sel):
+        positions = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
+        kept = (np.arange(positions)[:, None] * in_sel.size + in_sel.keep[None, :]).reshape(-1)
+        return Selection(in_sel.origin, -1, kept, positions * in_sel.size)
+
+
+class _Dense(ChannelSurgery):
+    """A reader of features: its kernel loses the matching input rows."""
+
+    def check_input(self, layer, in_sel):
+        _require_channels(layer, in_sel)
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        return [(layer.kernel, [(0, in_sel.keep)])]
+
+
+class _Conv2D(ChannelSurgery):
+    """A plain convolution: loses filters (its units) and reads a smaller input."""
+
+    units, count_field = "channels", "filters"
+
+    def applies(self, layer):
+        return is_prunable_conv(layer)
+
+    def check_input(self, layer, in_sel):
+        _require_channels(layer, in_sel)
+
+    def own_selection(self, layer, name, keep):
+        return Selection(name, -1, keep, getattr(layer, self.count_field))
+
+    def _conv(self, layer):
+        return layer
+
+    def _filters(self, layer, own):
+        return own.keep
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        own = _own(layer, out_sel)
+        out_keep = None if own is None else self._filters(layer, own)
+        conv = self._conv(layer)
+        return [(conv.kernel, [(2, None if in_sel is None else in_sel.keep), (3, out_keep)]),
+                (conv.bias, [(0, out_keep)])]
+
+
+class _PrimaryCapsules(_Conv2D):
+    """Loses capsule types (`capsule_dim` consecutive filters each) at every position."""
+
+    units, count_field = "capsule types", "capsule_types"
+
+    def applies(self, layer):
+        return True
+
+    def own_selection(self, layer, name, keep):
+        count = layer.capsule_types
+        positions = layer.output_shape[1] // count
+        indices = (np.arange(positions)[:, None] * count + keep[None, :]).reshape(-1)
+        return Selection(name, 1, indices, positions * count, (positions, count, keep))
+
+    def _conv(self, layer):
+        return layer.conv
+
+    def _filters(self, layer, own):
+        """Filters of the kept capsule types: type t owns filters t*dim ... t*dim + dim - 1."""
+        types, dim = np.asarray(own.types[2]), layer.capsule_dim
+        return (types[:, None] * dim + np.arange(dim)[None, :]).reshape(-1)
+
+
+class _CapsuleDense(ChannelSurgery):
+    """Loses output capsules (unless it is the class-capsule layer) and reads fewer capsules."""
+
+    units, count_field = "capsules", "num_capsules"
+
+    def check_input(self, layer, in_sel):
+        if in_sel.axis != 1:
+            raise unsupported(in_sel, layer, "it expects capsules")
+        sharing = layer.projection.weight_sharing
+        if sharing is not None and sharing not in ("type", "position"):
+            raise unsupported(
+                in_sel, layer, f"weight_sharing={sharing!r} tiles W as i mod {sharing}, so "
+                "removing input capsules would hand other capsules' matrices to the survivors")
+        if sharing is not None and in_sel.types is None:
+            raise unsupported(in_sel, layer, f"weight_sharing={sharing!r} needs capsule types")
+
+    def own_selection(self, layer, name, keep):
+        count = layer.num_capsules
+        return Selection(name, 1, keep, count, (1, count, keep))
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        own = _own(layer, out_sel)
+        out_keep = None if own is None else own.keep
+        return [(layer.projection.kernel, [(0, _kept_matrices(layer, in_sel)), (2, out_keep)]),
+                (layer.bias, [(0, out_keep)])]
+
+    def resize_config(self, layer, config, in_sel, out_sel):
+        super().resize_config(layer, config, in_sel, out_sel)
+        if in_sel is not None and in_sel.types is not None:
+            if config.get("capsule_types") is not None:
+                config["capsule_types"] = len(in_sel.types[2])
+
+
+def _kept_matrices(layer, in_sel):
+    """Rows of a CapsuleDense kernel that survive when input capsules `in_sel.keep` remain."""
+    if in_sel is None:
+        return None
+    sharing = layer.projection.weight_sharing
+    if sharing is None:
+        return in_sel.keep
+    if sharing == "type":
+        return in_sel.types[2]
+    return np.arange(in_sel.types[0])  # "position": one matrix per position, all positions stay
+
+
+# layer class -> its surgery; a layer's class and then its base classes are looked up in order.
+SURGERY = {}
+_NOT_RESIZABLE = ChannelSurgery()
+
+
+def register(layer_class, surgery):
+    """Use `surgery` (a `ChannelSurgery`) for layers of `layer_class` and its subclasses."""
+    SURGERY[layer_class] = surgery
+    return surgery
+
+
+for _class in ELEMENTWISE + SPATIAL + (ChannelCorrelationLoss,):
+    register(_class, ChannelWise())
+register(_layers.BatchNormalization, _BatchNormalization())
+register(_layers.DepthwiseConv2D, _DepthwiseConv2D())
+register(_layers.Flatten, _Flatten())
+register(_layers.Dense, _Dense())
+register(_layers.Conv2D, _Conv2D())
+register(PrimaryCapsules, _PrimaryCapsules())
+register(CapsuleDense, _CapsuleDense())
+
+
+def surgery_for(layer):
+    """The `ChannelSurgery` of `layer`: the table's entry for its class or nearest base class."""
+    for cls in type(layer).__mro__:
+        surgery = SURGERY.get(cls)
+        if surgery is not None:
+            return surgery if surgery.applies(layer) else _NOT_RESIZABLE
+    return _NOT_RESIZABLE
+
+
 def unit_count(layer):
     """How many units `layer` has (filters, capsule types or capsules)."""
-    if isinstance(layer, PrimaryCapsules):
-        return layer.capsule_types
-    if isinstance(layer, CapsuleDense):
-        return layer.num_capsules
-    return layer.filters
+    return getattr(layer, surgery_for(layer).count_field)
 
 
 def unit_name(layer):
     """The word for a unit of `layer`, for messages."""
-    if isinstance(layer, PrimaryCapsules):
-        return "capsule types"
-    if isinstance(layer, CapsuleDense):
-        return "capsules"
-    return "channels"
+    return surgery_for(layer).units
 
 
 class Graph:
@@ -164,8 +397,7 @@ def prunable_units(model):
 
 
 def _is_candidate(layer):
-    return layer is not None and (_is_prunable_conv(layer) or isinstance(layer, PrimaryCapsules)
-                                  or isinstance(layer, CapsuleDense))
+    return layer is not None and surgery_for(layer).units is not None
 
 
 def check_prunable(graph, name):
@@ -196,18 +428,7 @@ def own_selection(graph, name, keep):
     if keep.min() < 0 or keep.max() >= count:
         raise ValueError(
             f"layer '{name}': kept {unit_name(layer)} {keep.tolist()} out of range 0..{count - 1}")
-    if isinstance(layer, PrimaryCapsules):
-        positions = _primary_positions(layer)
-        indices = (np.arange(positions)[:, None] * count + keep[None, :]).reshape(-1)
-        return Selection(name, 1, indices, positions * count, (positions, count, keep))
-    if isinstance(layer, CapsuleDense):
-        return Selection(name, 1, keep, count, (1, count, keep))
-    return Selection(name, -1, keep, count)
-
-
-def _primary_positions(layer):
-    shape = layer.output_shape
-    return shape[1] // layer.capsule_types
+    return surgery_for(layer).own_selection(layer, name, keep)
 
 
 def propagate(graph, keep):
@@ -227,9 +448,9 @@ def propagate(graph, keep):
         if selections:
             in_sel = selections[0]
             if len(sources) > 1:
-                raise _unsupported(in_sel, layer, "it has several inputs")
+                raise unsupported(in_sel, layer, "it has several inputs")
             if name in graph.shared:
-                raise _unsupported(in_sel, layer, "it is called more than once in the model")
+                raise unsupported(in_sel, layer, "it is called more than once in the model")
         out_sel = _output_selection(graph, name, layer, in_sel, keep)
         if out_sel is not None and name in graph.outputs:
             raise ValueError(
@@ -239,59 +460,15 @@ def propagate(graph, keep):
     return plan
 
 
-def _unsupported(selection, layer, why):
-    return ValueError(
-        f"cannot prune '{selection.origin}': its smaller output reaches layer '{layer.name}' "
-        f"({type(layer).__name__}), which the channel surgery cannot resize: {why}")
-
-
 def _output_selection(graph, name, layer, in_sel, keep):
+    surgery = surgery_for(layer)
     if in_sel is not None:
-        _check_reader(layer, in_sel)
+        surgery.check_input(layer, in_sel)
     if name in keep:
         return own_selection(graph, name, keep[name])
     if in_sel is None:
         return None
-    if isinstance(layer, _layers.DepthwiseConv2D):
-        m = layer.depth_multiplier
-        kept = (in_sel.keep[:, None] * m + np.arange(m)[None, :]).reshape(-1)
-        return Selection(in_sel.origin, -1, kept, in_sel.size * m)
-    if isinstance(layer, _layers.Flatten):
-        positions = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
-        kept = (np.arange(positions)[:, None] * in_sel.size + in_sel.keep[None, :]).reshape(-1)
-        return Selection(in_sel.origin, -1, kept, positions * in_sel.size)
-    if _is_channel_wise(layer):
-        return in_sel
-    return None  # a reader: its weights absorb the selection, its output is whole
-
-
-def _check_reader(layer, in_sel):
-    """Raise unless `layer` can take the smaller input `in_sel`."""
-    if isinstance(layer, CapsuleDense):
-        if in_sel.axis != 1:
-            raise _unsupported(in_sel, layer, "it expects capsules")
-        sharing = layer.projection.weight_sharing
-        if sharing is not None and sharing not in ("type", "position"):
-            raise _unsupported(
-                in_sel, layer, f"weight_sharing={sharing!r} tiles W as i mod {sharing}, so removing "
-                "input capsules would hand other capsules' matrices to the survivors")
-        if sharing is not None and in_sel.types is None:
-            raise _unsupported(in_sel, layer, f"weight_sharing={sharing!r} needs capsule types")
-        return
-    if in_sel.axis != -1:
-        raise _unsupported(in_sel, layer, "only CapsuleDense reads pruned capsules")
-    if isinstance(layer, (PrimaryCapsules, _layers.Dense, _layers.Flatten)) or _is_prunable_conv(layer):
-        return
-    if isinstance(layer, _layers.BatchNormalization):
-        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        rank = len(layer.input_shape)
-        if [a % rank for a in axes] != [rank - 1]:
-            raise _unsupported(in_sel, layer, f"it normalizes axis {layer.axis}, not channels")
-        return
-    if _is_channel_wise(layer):
-        return
-    raise _unsupported(in_sel, layer, "supported readers are Conv2D, PrimaryCapsules, Dense, "
-                                      "CapsuleDense and channel-wise layers")
+    return surgery.output_selection(layer, in_sel)
 
 
 def weight_axes(layer, in_sel, out_sel):
@@ -300,65 +477,17 @@ def weight_axes(layer, in_sel, out_sel):
     `in_sel` is the selection on the layer's input, `out_sel` its own output selection (for a
     pruned layer). Weights not listed keep their shape.
     """
+    if in_sel is None and _own(layer, out_sel) is None:
+        return []
     specs = []
-
-    def add(variable, *axes):
+    for variable, axes in surgery_for(layer).weight_axes(layer, in_sel, out_sel):
         axes = [(axis, keep) for axis, keep in axes if keep is not None]
         if variable is not None and axes:
             specs.append((variable, axes))
-
-    in_keep = None if in_sel is None else in_sel.keep
-    if _is_prunable_conv(layer) or isinstance(layer, PrimaryCapsules):
-        conv = layer.conv if isinstance(layer, PrimaryCapsules) else layer
-        out_keep = None
-        if out_sel is not None and out_sel.origin == layer.name:
-            out_keep = (_type_filters(out_sel.types[2], layer.capsule_dim)
-                        if isinstance(layer, PrimaryCapsules) else out_sel.keep)
-        add(conv.kernel, (2, in_keep), (3, out_keep))
-        add(conv.bias, (0, out_keep))
-    elif isinstance(layer, CapsuleDense):
-        out_keep = out_sel.keep if out_sel is not None and out_sel.origin == layer.name else None
-        add(layer.projection.kernel, (0, _kept_matrices(layer, in_sel)), (2, out_keep))
-        add(layer.bias, (0, out_keep))
-    elif isinstance(layer, _layers.DepthwiseConv2D) and in_sel is not None:
-        add(layer.depthwise_kernel, (2, in_keep))
-        add(layer.bias, (0, out_sel.keep))
-    elif isinstance(layer, _layers.BatchNormalization) and in_sel is not None:
-        for variable in layer.weights:
-            add(variable, (0, in_keep))
-    elif isinstance(layer, _layers.Dense) and in_sel is not None:
-        add(layer.kernel, (0, in_keep))
     return specs
-
-
-def _type_filters(types, capsule_dim):
-    """Filters of the kept capsule types: type t owns filters t*dim ... t*dim + dim - 1."""
-    return (np.asarray(types)[:, None] * capsule_dim + np.arange(capsule_dim)[None, :]).reshape(-1)
-
-
-def _kept_matrices(layer, in_sel):
-    """Rows of a CapsuleDense kernel that survive when input capsules `in_sel.keep` remain."""
-    if in_sel is None:
-        return None
-    sharing = layer.projection.weight_sharing
-    if sharing is None:
-        return in_sel.keep
-    if sharing == "type":
-        return in_sel.types[2]
-    return np.arange(in_sel.types[0])  # "position": one matrix per position, all positions stay
 
 
 def resized_config(layer, config, in_sel, out_sel):
     """Update a layer's config for its smaller input and output (in place)."""
-    if out_sel is not None and out_sel.origin == layer.name:
-        count = len(out_sel.types[2]) if out_sel.types is not None else len(out_sel.keep)
-        if isinstance(layer, PrimaryCapsules):
-            config["capsule_types"] = count
-        elif isinstance(layer, CapsuleDense):
-            config["num_capsules"] = count
-        else:
-            config["filters"] = count
-    if isinstance(layer, CapsuleDense) and in_sel is not None and in_sel.types is not None:
-        if config.get("capsule_types") is not None:
-            config["capsule_types"] = len(in_sel.types[2])
+    surgery_for(layer).resize_config(layer, config, in_sel, out_sel)
     return config

@@ -47,7 +47,7 @@ def layer_ratios(model, ratios):
         return {name: check_ratio(name, ratio) for name, ratio in ratios.items()}
     check_ratio("every backbone layer", ratios)
     names = [name for name in graph.order
-             if structure._is_prunable_conv(graph.layer(name))
+             if structure.is_prunable_conv(graph.layer(name))
              or isinstance(graph.layer(name), PrimaryCapsules)]
     if not names:
         raise ValueError(f"model '{model.name}' has no Conv2D or PrimaryCapsules layer to prune")

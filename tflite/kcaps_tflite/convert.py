@@ -40,7 +40,6 @@ import numpy as np
 import kcaps  # noqa: F401,I001  (first: it puts Keras 2 behind tf.keras; registers kcaps layers)
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
 
 from kcaps.models import capsule_model
 from kcaps_tflite import files, float_islands, int8_sums, xnnpack_int8
@@ -64,7 +63,8 @@ def load_model(path):
 
 
 def _is_pruned(model):
-    return any(isinstance(layer, pruning_wrapper.PruneLowMagnitude) for layer in model.submodules)
+    """Whether any layer is wrapped (tfmot's pruning wrapper is a `tf.keras.layers.Wrapper`)."""
+    return any(capsule_model.unwrap(layer) is not layer for layer in model.submodules)
 
 
 def inference_model(model):

@@ -19,7 +19,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from kcaps_tflite import files
 
-_OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
+OP_NAMES = {code: name for name, code in vars(schema.BuiltinOperator).items()
              if not name.startswith("_")}
 _TYPE_NAMES = {code: name.lower() for name, code in vars(schema.TensorType).items()
                if not name.startswith("_")}
@@ -115,7 +115,7 @@ def read(model, source=None):
             code = codes[op.OpcodeIndex()]
             builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
             custom = builtin == schema.BuiltinOperator.CUSTOM
-            name = code.CustomCode().decode() if custom else _OP_NAMES.get(builtin, str(builtin))
+            name = code.CustomCode().decode() if custom else OP_NAMES.get(builtin, str(builtin))
             inputs = [i for i in op.InputsAsNumpy() if i >= 0] if op.InputsLength() else []
             outputs = list(op.OutputsAsNumpy()) if op.OutputsLength() else []
             operators.append(Operator(

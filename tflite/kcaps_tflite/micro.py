@@ -80,7 +80,7 @@ def micro_kernels():
     """Names of the builtin operators the installed TFLite Micro runtime has kernels for."""
     library = ctypes.CDLL(_runtime()._runtime.__file__)
     kernels = set()
-    for name in graph._OP_NAMES.values():
+    for name in graph.OP_NAMES.values():
         symbol = f"Register_{name}"
         if hasattr(library, f"_ZN6tflite5micro{len(symbol)}{symbol}Ev"):
             kernels.add(name)

@@ -136,7 +136,7 @@ def plan(config, data):
         learning_rate = policies.learning_rate_schedule(
             config.lr_policy, config.learning_rate, batches, num_examples, config.epochs,
             warm_epochs=config.warm_epochs, decay_steps=config.decay_steps)
-        schedule_callbacks = [kcaps.schedules.LearningRateLogger(learning_rate)]
+        schedule_callbacks = [kcaps.lr_schedules.LearningRateLogger(learning_rate)]
 
     if config.batch_policy == "fixed":
         train_data = datasets.pipeline(data.x_train, data.y_train, config.batch_size, shuffle=True,

@@ -6,7 +6,7 @@
 
 For each (backbone, head) of `kcaps.models.backbone_capsnet` it prints trainable, binary and
 float parameters, binary and float MACs per image (larq's profiler, kcaps layers counting their
-own, see `kcaps.profiling`), the model size in bytes at deployment precision (1 bit per binary
+own, see `kcaps.complexity`), the model size in bytes at deployment precision (1 bit per binary
 weight, float32 otherwise, plus XnODR's float scaling factors), and, when a dataset is given,
 the test accuracy after training every model with the same recipe (Adam, learning rate x0.9
 per epoch, margin loss, shift augmentation on single digits). With `--multimnist` the models
@@ -88,7 +88,7 @@ def head_report(backbones=kcaps.models.BACKBONES, heads=kcaps.models.HEADS, inpu
             tf.keras.utils.set_random_seed(seed)
             model = kcaps.models.backbone_capsnet(backbone, head, input_shape, num_classes or 10,
                                                   **model_kwargs)
-            row = {"backbone": backbone, "head": head, **kcaps.profiling.profile(model)}
+            row = {"backbone": backbone, "head": head, **kcaps.complexity.profile(model)}
             if examples is not None:
                 row.update(train_and_evaluate(model, examples, epochs, multimnist=multimnist,
                                               seed=seed, verbose=verbose))

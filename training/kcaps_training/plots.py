@@ -1,4 +1,6 @@
 """PNG charts of training runs (matplotlib, headless)."""
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -26,3 +28,31 @@ def plot_history(history, path, title=""):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_capsule_activity(history, directory, threshold):
+    """One `<layer>.png` per capsule layer: inactive fraction and mean length over the epochs.
+
+    `history` is `kcaps.activity.CapsuleActivityMonitor.history` (`{layer: {"epoch": [...],
+    "inactive_fraction": [...], "mean_length": [...]}}`), `threshold` the monitor's. Returns the
+    paths.
+    """
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for name, record in history.items():
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+        left.plot(record["epoch"], record["inactive_fraction"], "o-")
+        left.set_ylim(-0.02, 1.02)
+        left.set_ylabel(f"inactive fraction (|v| < {threshold:g})")
+        right.plot(record["epoch"], record["mean_length"], "o-", color="tab:orange")
+        right.set_ylabel("mean capsule length")
+        for axis in (left, right):
+            axis.set_xlabel("epoch")
+            axis.grid(alpha=0.3)
+        fig.suptitle(name)
+        fig.tight_layout()
+        path = os.path.join(directory, f"{name}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -13,7 +13,7 @@ into the logs (History, CSVLogger) since no Keras callback does that for schedul
 - Exponential decay is Keras' own `tf.keras.optimizers.schedules.ExponentialDecay`.
 
 >>> import kcaps
->>> lr = kcaps.schedules.CosineRestarts(lr_min=1e-4, lr_max=1e-3, cycle_steps=[4, 8])
+>>> lr = kcaps.lr_schedules.CosineRestarts(lr_min=1e-4, lr_max=1e-3, cycle_steps=[4, 8])
 >>> [round(float(lr(step)), 6) for step in (0, 2, 4, 8, 12, 16)]  # restarts at 4, 12, 20, ...
 [0.001, 0.00055, 0.001, 0.00055, 0.001, 0.00055]
 """
@@ -21,22 +21,9 @@ import math
 
 import tensorflow as tf
 
+from kcaps import _checks
+
 _register = tf.keras.utils.register_keras_serializable(package="kcaps")
-
-
-def positive_number(owner, field, value):
-    """Return `value` as float, or raise ValueError naming `owner.field` if it is not > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{owner}: `{field}` must be a positive number, got {value!r}")
-    return float(value)
-
-
-def positive_steps(owner, field, value):
-    """Return `value` as int, or raise ValueError naming `owner.field` if it is not an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{owner}: `{field}` must be a positive integer, got {value!r}")
-    return int(value)
 
 
 @_register
@@ -63,8 +50,8 @@ class CosineRestarts(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, lr_min, lr_max, cycle_steps, name=None):
         super().__init__()
-        self.lr_min = positive_number("CosineRestarts", "lr_min", lr_min)
-        self.lr_max = positive_number("CosineRestarts", "lr_max", lr_max)
+        self.lr_min = _checks.positive_number("CosineRestarts", "lr_min", lr_min)
+        self.lr_max = _checks.positive_number("CosineRestarts", "lr_max", lr_max)
         if self.lr_max < self.lr_min:
             raise ValueError(
                 f"CosineRestarts: `lr_max` ({lr_max}) must be >= `lr_min` ({lr_min})")
@@ -74,7 +61,7 @@ class CosineRestarts(tf.keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 f"CosineRestarts: `cycle_steps` must be a non-empty list of positive integers, "
                 f"got {cycle_steps!r}")
-        self.cycle_steps = [positive_steps("CosineRestarts", "cycle_steps", s) for s in cycle_steps]
+        self.cycle_steps = [_checks.positive_int("CosineRestarts", "cycle_steps", s) for s in cycle_steps]
         self.name = name
 
     def __call__(self, step):
@@ -115,9 +102,9 @@ class OneCycle(tf.keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, initial_learning_rate, total_steps, name=None):
         super().__init__()
-        self.initial_learning_rate = positive_number(
+        self.initial_learning_rate = _checks.positive_number(
             "OneCycle", "initial_learning_rate", initial_learning_rate)
-        self.total_steps = positive_steps("OneCycle", "total_steps", total_steps)
+        self.total_steps = _checks.positive_int("OneCycle", "total_steps", total_steps)
         self.name = name
 
     def __call__(self, step):

@@ -1,13 +1,13 @@
-"""Parameters, MACs and size of capsule networks, and capsule layers in `larq.models.summary`.
+"""Complexity of capsule networks: parameters, MACs and size, with capsule layers counted.
 
 larq's profiler counts multiply-accumulates (MACs) only for the Conv and Dense classes it knows,
 and a weight's bit width is its `precision` attribute (32 when absent). kcaps layers count their
 own MACs: `CapsuleDense.macs()`, `PrimaryCapsules.macs()` and the projections' `macs()` return
-`{bits: count}` per example (1 = binary, 32 = float). `register_with_larq()` installs
-`CapsuleLayerProfile`, a subclass of larq's `LayerProfile` that takes a layer's own count when it
-has one, as the profile larq builds for every layer; `import kcaps` calls it when larq is
-installed. After that, `larq.models.summary(model)` shows capsule layers with their binary and
-float MACs, and XnODR's kernel (a `QuantizedVariable` of precision 1) as 1-bit parameters.
+`{bits: count}` per example (1 = binary, 32 = float). `ModelProfile(model)` is larq's
+`ModelProfile` whose layer profiles take a layer's own count when it has one, and
+`summary(model)` is `larq.models.summary` over it: capsule layers with their binary and float
+MACs, and XnODR's kernel (a `QuantizedVariable` of precision 1) as 1-bit parameters. larq itself
+is left as it is: `larq.models.summary` still counts only the layers larq knows.
 
 `profile(model)` gives the figures of the XnODR paper's table: binary and float parameters,
 binary and float MACs, and bytes at deployment precision.
@@ -16,34 +16,36 @@ binary and float MACs, and bytes at deployment precision.
 >>> x = tf.keras.Input((32, 8))
 >>> y = kcaps.layers.CapsuleDense(10, 16, routing="xnodr", routing_iterations=3)(x)
 >>> model = tf.keras.Model(x, y)
->>> figures = kcaps.profiling.profile(model)
+>>> figures = kcaps.complexity.profile(model)
 >>> figures["binary_params"], figures["binary_macs"]   # 32 x 8 x 10 x 16 signs and products
 (40960, 40960)
 >>> figures["float_macs"]   # rescaling 2 x 5120, 3 weighted sums and 2 agreements of 5120 each
 35840
 """
+import functools
+
 import numpy as np
+import tensorflow as tf
 
 from kcaps import _optional
-
-_REGISTERED = "_kcaps_capsule_profile"
-
+from kcaps.models.capsule_model import unwrap
 
 def layer_macs(layer):
     """`{bits: count}` MACs per example of a layer that counts its own (or wraps one), else None.
 
     Wrappers (tfmot's pruning wrapper, `tf.keras.layers.Wrapper`) are looked through.
     """
-    for candidate in (layer, getattr(layer, "layer", None)):
-        if candidate is not None and callable(getattr(candidate, "macs", None)):
-            return {int(bits): int(count) for bits, count in candidate.macs().items()}
+    layer = unwrap(layer)
+    if callable(getattr(layer, "macs", None)):
+        return {int(bits): int(count) for bits, count in layer.macs().items()}
     return None
 
 
-def _capsule_layer_profile(larq):
-    base = larq.models.LayerProfile
+@functools.lru_cache(maxsize=None)
+def _profile_classes(larq):
+    """`(CapsuleLayerProfile, CapsuleModelProfile)`: larq's profiles, counting own MACs."""
 
-    class CapsuleLayerProfile(base):
+    class CapsuleLayerProfile(larq.models.LayerProfile):
         """larq's `LayerProfile`, taking the MAC counts of layers that report their own."""
 
         def __init__(self, layer):
@@ -61,31 +63,34 @@ def _capsule_layer_profile(larq):
                 raise ValueError("Currently only counting of MAC-operations is supported.")
             return sum(op.n for op in self.op_profiles if precision in (None, op.precision))
 
-    setattr(CapsuleLayerProfile, _REGISTERED, True)
-    return CapsuleLayerProfile
+    class CapsuleModelProfile(larq.models.ModelProfile):
+        """larq's `ModelProfile` with a `CapsuleLayerProfile` per layer (nested models too)."""
+
+        def __init__(self, model):  # larq's __init__ builds only larq's own LayerProfiles
+            self.name = model.name
+            self.layer_profiles = [
+                CapsuleModelProfile(layer) if isinstance(layer, tf.keras.Model)
+                else CapsuleLayerProfile(layer) for layer in model.layers]
+
+    return CapsuleLayerProfile, CapsuleModelProfile
 
 
-def register_with_larq():
-    """Make `larq.models.summary` count the MACs of layers that have `macs()`. Idempotent.
+def ModelProfile(model):  # noqa: N802  (larq's class name: a drop-in for larq.models.ModelProfile)
+    """larq's `ModelProfile` of `model`, with kcaps' layers counting their own MACs."""
+    return _profile_classes(_optional.larq())[1](model)
 
-    Replaces `larq.models.LayerProfile` (the class larq's `ModelProfile` instantiates for each
-    layer) by a subclass that differs only for such layers. Called by `import kcaps`.
-    """
+
+def summary(model, print_fn=None, include_macs=True):
+    """`larq.models.summary(model)`, with kcaps' layers counting their own MACs."""
     larq = _optional.larq()
-    if not getattr(larq.models.LayerProfile, _REGISTERED, False):
-        larq.models.LayerProfile = _capsule_layer_profile(larq)
-
-
-def register_with_larq_if_installed():
-    """`register_with_larq()` if larq can be imported; nothing otherwise (larq is optional).
-
-    larq cannot be imported either when TensorFlow was imported before kcaps (see
-    `kcaps._optional.larq`): `import kcaps` still works, and binarized layers say why they fail.
-    """
-    try:
-        register_with_larq()
-    except ImportError:
-        return
+    if not model.built:
+        raise ValueError(f"summary: model {model.name!r} is not built")
+    print_fn = print_fn or print
+    model_profile = ModelProfile(model)
+    print_fn(larq.models.LayersTable(model_profile.generate_table(),
+                                     title=f"{model.name} stats").table)
+    print_fn(larq.models.SummaryTable(model_profile.generate_summary(include_macs),
+                                      title=f"{model.name} summary").table)
 
 
 def profile(model):
@@ -101,13 +106,11 @@ def profile(model):
         for binary weights; BatchNorm as two vectors, as folded for inference), plus the float
         XNOR-Net scaling factors that binarized layers store (`scaling_factors()`).
     """
-    larq = _optional.larq()
-    register_with_larq()
     if not model.built:
         raise ValueError(f"profile: model {model.name!r} is not built")
     bits = [(int(np.prod(w.shape)), getattr(w, "precision", 32)) for w in model.weights]
     binary = sum(count for count, precision in bits if precision == 1)
-    model_profile = larq.models.ModelProfile(model)
+    model_profile = ModelProfile(model)
     scaling = sum(m.scaling_factors() for m in model.submodules if hasattr(m, "scaling_factors"))
     return {
         "params": int(sum(count for count, _ in bits)),

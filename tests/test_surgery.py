@@ -1,44 +1,11 @@
-"""Channel pruning: unit selection, the physical shrink, masks, criteria and bad input."""
+"""kcaps.pruning.surgery and structure: unit selection, the physical shrink, masks, bad input."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import kcaps
 from kcaps import pruning
-
-RNG = np.random.default_rng(0)
-
-
-def _images(n=6):
-    return RNG.uniform(size=(n, 28, 28, 1)).astype(np.float32)
-
-
-def _randomize_batch_norm(model):
-    """Non-trivial moving statistics, so that slicing them wrongly would show."""
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.set_weights([RNG.uniform(0.5, 1.5, w.shape).astype(np.float32)
-                               for w in layer.get_weights()])
-    return model
-
-
-def _cnn_capsnet(**kwargs):
-    kwargs.setdefault("kernel_initializer", kcaps.initializers.CapsuleFanIn(scale=100.0))
-    return _randomize_batch_norm(kcaps.models.cnn_capsnet(
-        conv_filters=(8, 16), kernel_sizes=(5, 3), strides=(2, 2), **kwargs))
-
-
-def _deep_capsnet(**kwargs):
-    # Larger capsule matrices than the default, so that routed capsules do not vanish at
-    # initialization and the comparisons below compare non-trivial outputs.
-    kwargs.setdefault("kernel_initializer", kcaps.initializers.CapsuleFanIn(scale=100.0))
-    # With these matrices, he_normal convolutions make the routing logits so large that float32
-    # summation order (masked zero channels vs removed ones) shows at 1e-4 after three routed
-    # layers; glorot keeps the "same function" comparisons at float32 rounding.
-    kwargs.setdefault("conv_initializer", "glorot_uniform")
-    return kcaps.models.deep_capsnet(num_intermediate=2, intermediate_capsules=6,
-                                     intermediate_dims=4, conv_filters=16, conv_kernel=5,
-                                     primary_types=4, primary_kernel=5, primary_strides=3, **kwargs)
+from pruning_helpers import RNG, _cnn_capsnet, _deep_capsnet, _images, _randomize_batch_norm
 
 
 def test_shrink_copies_exactly_the_kept_weights_into_every_touched_layer():
@@ -143,40 +110,6 @@ def test_ratio_keeps_the_highest_scoring_units():
     assert pruning.select(model, {"conv1": 0.5}, scores=scores)["conv1"].tolist() == [0, 2, 4, 6]
 
 
-def _numpy_chip(matrices):
-    """CHIP written from its definition: mean over images of ||A||_* - ||A, row c zeroed||_*."""
-    scores = np.zeros(matrices.shape[1])
-    for a in matrices:
-        total = np.linalg.norm(a, "nuc")
-        for c in range(a.shape[0]):
-            zeroed = a.copy()
-            zeroed[c] = 0
-            scores[c] += total - np.linalg.norm(zeroed, "nuc")
-    return scores / len(matrices)
-
-
-@pytest.mark.parametrize("shape", [(3, 6, 4), (3, 4, 9)])  # both Gram-matrix branches
-def test_chip_scores_match_the_nuclear_norm_definition(shape):
-    matrices = RNG.normal(size=shape)
-    matrices[:, 1] = 2 * matrices[:, 0]  # a dependent row scores low
-    np.testing.assert_allclose(pruning.chip_scores(matrices), _numpy_chip(matrices), atol=1e-8)
-
-
-def test_data_driven_scores_read_the_layers_outputs():
-    model = _deep_capsnet()
-    x = _images(8)
-    scores = pruning.unit_scores(model, ["conv1", "primary_capsules", "capsules_1"], "chip", x)
-    probe = tf.keras.Model(model.inputs, model.get_layer("capsules_1").output)
-    capsules = probe(x).numpy()  # (batch, capsules, dim): rows are capsules
-    np.testing.assert_allclose(scores["capsules_1"], _numpy_chip(capsules), rtol=1e-6, atol=1e-9)
-    maps = tf.keras.Model(model.inputs, model.get_layer("conv1").output)(x).numpy()
-    np.testing.assert_allclose(scores["conv1"],
-                               _numpy_chip(maps.reshape(8, -1, 16).transpose(0, 2, 1)),
-                               rtol=1e-4, atol=1e-5)
-    activity = pruning.unit_scores(model, ["capsules_1"], "activity", x)["capsules_1"]
-    np.testing.assert_allclose(activity, np.linalg.norm(capsules, axis=-1).mean(0), rtol=1e-5)
-
-
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "0.5", True, float("nan")])
 def test_ratios_outside_zero_one_name_the_layer_and_value(ratio):
     model = _cnn_capsnet()
@@ -247,3 +180,34 @@ def test_shrunk_capsule_model_saves_loads_and_trains_with_plain_labels(tmp_path,
     assert loaded.get_layer("primary_capsules").capsule_types == 1
     for a, b in zip(small.predict(x, verbose=0), loaded.predict(x, verbose=0)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_registered_surgery_lets_pruning_pass_through_a_custom_layer():
+    class Halve(tf.keras.layers.Layer):  # per channel, but unknown to the surgery
+        def call(self, inputs):
+            return inputs / 2.0
+
+    def model():
+        inputs = tf.keras.Input((8, 8, 3))
+        h = tf.keras.layers.Conv2D(4, 3, name="c1")(inputs)
+        h = Halve(name="halve")(h)
+        return tf.keras.Model(inputs, tf.keras.layers.Conv2D(2, 3, name="c2")(h))
+
+    with pytest.raises(ValueError, match=r"cannot prune 'c1'.*'halve' \(Halve\)"):
+        pruning.prune_channels(model(), {"c1": 0.5})
+    pruning.structure.register(Halve, pruning.structure.ChannelWise())
+    try:
+        big = model()
+        with tf.keras.utils.custom_object_scope({"Halve": Halve}):  # shrink rebuilds from config
+            small = pruning.prune_channels(big, {"c1": 0.5}, criterion="l1")
+        assert small.get_layer("c2").kernel.shape == (3, 3, 2, 2)
+        kept = pruning.select(big, {"c1": 0.5})["c1"]
+        x = RNG.normal(size=(2, 8, 8, 3)).astype(np.float32)
+        h = big.get_layer("c1")(x).numpy()[..., kept] / 2.0  # the kept channels, halved
+        kernel = big.get_layer("c2").kernel.numpy()[:, :, kept, :]  # c2's rows for them
+        patches = np.stack([h[:, i:i + 4, j:j + 4] for i in range(3) for j in range(3)], 3)
+        expected = np.einsum("bxypc,pco->bxyo", patches, kernel.reshape(9, 2, 2))
+        expected += big.get_layer("c2").bias.numpy()
+        np.testing.assert_allclose(small(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    finally:
+        del pruning.structure.SURGERY[Halve]

@@ -21,7 +21,8 @@ steps, the way tfmot's magnitude pruning does:
 """
 import tensorflow as tf
 
-from kcaps.pruning import structure, surgery
+from kcaps import _checks
+from kcaps.pruning import criteria, structure, surgery
 
 
 class IterativeChannelPruning(tf.keras.callbacks.Callback):
@@ -46,13 +47,9 @@ class IterativeChannelPruning(tf.keras.callbacks.Callback):
             surgery.check_ratio("every backbone layer", target)
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step < 1:
             raise ValueError(f"IterativeChannelPruning: step must be in (0, 1), got {step!r}")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"IterativeChannelPruning: `every` must be a positive integer, "
-                             f"got {every!r}")
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, int) or start_epoch < 0:
-            raise ValueError(f"IterativeChannelPruning: `start_epoch` must be an integer >= 0, "
-                             f"got {start_epoch!r}")
-        if criterion in ("chip", "activity") and data is None:
+        _checks.positive_int("IterativeChannelPruning", "every", every)
+        _checks.non_negative_int("IterativeChannelPruning", "start_epoch", start_epoch)
+        if criteria.needs_data(criterion) and data is None:
             raise ValueError(f"IterativeChannelPruning: criterion {criterion!r} needs `data`")
         self.target, self.step, self.every = target, float(step), every
         self.criterion, self.data, self.start_epoch = criterion, data, start_epoch
