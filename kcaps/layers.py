@@ -149,6 +149,9 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         sharing_order="type_major"` is the paper's shared CapsNet).
       squash: `"squash"` (Sabour et al.) or `"approx"` (FasTrCaps' piecewise-linear squash).
       use_bias: add a learned bias to s_j (Google's reference code; not in the paper).
+      stop_routing_gradient: stop the gradient through u_hat in the routing iterations before
+        the last (`kcaps.routing.dynamic_routing`'s `stop_gradient`): same outputs, an
+        approximate and cheaper gradient. Default False (the exact gradient).
       kernel_initializer: default `kcaps.initializers.CapsuleFanIn()` (variance 1 / input_dim per
         matrix; see its docstring for why not Glorot).
 
@@ -159,8 +162,10 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     def __init__(self, num_capsules, capsule_dim, routing="dynamic", routing_iterations=3,
                  weight_sharing=None, capsule_types=None, squash="squash", use_bias=False,
                  kernel_initializer=None, kernel_regularizer=None,
-                 kernel_constraint=None, sharing_order="position_major", **kwargs):
+                 kernel_constraint=None, sharing_order="position_major",
+                 stop_routing_gradient=False, **kwargs):
         super().__init__(**kwargs)
+        self.stop_routing_gradient = bool(stop_routing_gradient)
         self.num_capsules = _checks.positive_int("CapsuleDense", "num_capsules", num_capsules)
         self.capsule_dim = _checks.positive_int("CapsuleDense", "capsule_dim", capsule_dim)
         self.routing_iterations = _checks.positive_int(
@@ -201,7 +206,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         u_hat = self.projection(inputs)
         return routing.dynamic_routing(
             u_hat, self.routing_iterations, agreement=self._agreement, squash=self._squash,
-            bias=self.bias)
+            bias=self.bias, stop_gradient=self.stop_routing_gradient)
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([input_shape[0], self.num_capsules, self.capsule_dim])
@@ -241,6 +246,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         config.update(
             num_capsules=self.num_capsules, capsule_dim=self.capsule_dim, routing=self.routing,
             routing_iterations=self.routing_iterations, squash=self.squash, use_bias=self.use_bias,
+            stop_routing_gradient=self.stop_routing_gradient,
             **{key: projection[key] for key in (
                 "weight_sharing", "capsule_types", "sharing_order", "kernel_initializer",
                 "kernel_regularizer", "kernel_constraint")},

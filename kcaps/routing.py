@@ -55,7 +55,8 @@ def xnor_agreement(u_hat, v):
 AGREEMENTS = {"dot": dot_agreement, "xnor": xnor_agreement}
 
 
-def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bias=None):
+def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bias=None,
+                    stop_gradient=False):
     """Route prediction vectors to output capsules.
 
     Args:
@@ -65,6 +66,11 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
       squash: the squash function.
       bias: optional `(num_out, out_dim)` tensor added to s_j (Google's reference code and
         FasTrCaps do this; the paper does not).
+      stop_gradient: if True, the iterations before the last route `tf.stop_gradient(u_hat)`, so
+        the gradient reaches u_hat only through the last `s_j = sum_i c_ij u_hat[j|i]` with the
+        coupling coefficients c held constant (as several reference implementations do). The
+        forward values are unchanged; the gradient is an approximation. Default False: the
+        exact gradient through every iteration.
     Returns:
       Output capsules `v` of shape `(batch, num_out, out_dim)`, in the dtype of `u_hat`.
 
@@ -77,16 +83,18 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
     agree = AGREEMENTS[agreement] if isinstance(agreement, str) else agreement
     num_out = u_hat.shape[1]
     logits = None  # b_ij, laid out (batch, num_out, num_in)
+    routed = tf.stop_gradient(u_hat) if stop_gradient else u_hat  # iterations before the last
     for iteration in range(iterations):
+        x = u_hat if iteration == iterations - 1 else routed
         if logits is None:  # b = 0, so c = softmax(0) = 1 / num_out exactly: skip the softmax
-            s = tf.reduce_sum(u_hat, axis=2) * (1.0 / num_out)
+            s = tf.reduce_sum(x, axis=2) * (1.0 / num_out)
         else:
             c = tf.cast(tf.nn.softmax(logits, axis=1), u_hat.dtype)  # over the output capsules
-            s = tf.squeeze(tf.matmul(tf.expand_dims(c, 2), u_hat), axis=2)  # (batch, num_out, dim)
+            s = tf.squeeze(tf.matmul(tf.expand_dims(c, 2), x), axis=2)  # (batch, num_out, dim)
         if bias is not None:
             s = s + tf.cast(bias, s.dtype)
         v = squash(s)
         if iteration < iterations - 1:
-            update = tf.cast(agree(u_hat, v), tf.float32)
+            update = tf.cast(agree(x, v), tf.float32)
             logits = update if logits is None else logits + update
     return v

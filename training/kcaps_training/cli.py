@@ -55,6 +55,10 @@ def add_train_arguments(parser, model=None, dataset=None, epochs=None):
     parser.add_argument("--cpu-replicas", type=int, default=None,
                         help="split the CPU into this many logical devices (for --strategy mirrored "
                              "without GPUs)")
+    parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                        default=_default("jit_compile"),
+                        help="compile the train step with XLA; falls back without it, with a "
+                             "warning, where XLA cannot compile the model (default: %(default)s)")
     fast_training.add_arguments(parser)
 
 
@@ -64,7 +68,8 @@ def config_from_args(args, output_dir):
         batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
         max_shift=args.max_shift, routing_iterations=args.routing_iterations,
         output_dir=output_dir, seed=args.seed, verbose=args.verbose, strategy=args.strategy,
-        precision=args.precision, **fast_training.config_kwargs(args))
+        precision=args.precision, jit_compile=args.jit_compile,
+        **fast_training.config_kwargs(args))
 
 
 def print_report(metrics, output_dir):

@@ -47,6 +47,7 @@ class TrainConfig:
     decoder: bool | str | None = None  # None: the model's default; False, True or "small"
     squash: str = "squash"  # or "approx"
     steps_per_execution: int = 1
+    jit_compile: bool = False  # XLA for the train step; off: it slows capsnet's convs on CPU (issue 19)
 
     def __post_init__(self):
         for field in ("epochs", "batch_size", "routing_iterations"):
@@ -104,7 +105,8 @@ def train(config, callbacks=(), data=None):
     with strategy.scope():
         model = build_model(config, data)
         model.compile(tf.keras.optimizers.Adam(plan.learning_rate),
-                      steps_per_execution=config.steps_per_execution)
+                      steps_per_execution=config.steps_per_execution,
+                      jit_compile=config.jit_compile)
 
     test_data = datasets.pipeline(data.x_test, data.y_test, config.batch_size)
     history = plan.fit(  # one model.fit (adabatch under a strategy: one per batch size)

@@ -1,0 +1,116 @@
+"""Images per second in `model.fit`: kcaps against the same architecture on CapsNet-Keras's layer.
+
+For `capsnet` (with its decoder) and `small_capsnet`, the kcaps model is built as usual; the
+`capsnet-keras` model is the same graph cloned with its `CapsuleDense` replaced by a layer that
+runs `benchmarks.routing.capsnet_keras_layer` (CapsNet-Keras's formulation: map_fn over the
+batch with the untiled W, `batch_dot` routing) on a W of CapsNet-Keras's layout. Everything else
+(convolutions, primary capsules, mask, decoder, losses, Adam) is shared code. Variants:
+
+- `kcaps`: `model.compile()` defaults (no XLA).
+- `kcaps-xla`: `model.compile(jit_compile=True)`: the whole train step compiled by XLA.
+- `kcaps-stopgrad`: `stop_routing_gradient=True` (the approximate gradient, an option).
+- `capsnet-keras`: the cloned model, `compile()` defaults.
+
+Same random images and labels for all; one warm-up epoch each, then `--rounds` rounds in which
+every variant fits one epoch in turn (interleaved); the median epoch time gives images/second.
+
+    python -m benchmarks.training_speed [--models capsnet small_capsnet] [--images 256]
+        [--batch-size 64] [--rounds 3] [--variants kcaps capsnet-keras ...]
+
+On CPU, XLA compiles `capsnet`'s 9x9 convolutions into a train step that runs tens of times
+slower than TensorFlow's own kernels (docs/notes/issue19.md), so `kcaps-xla` is run for
+`small_capsnet` only unless `--xla-capsnet` is given.
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import kcaps
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.routing import capsnet_keras_layer
+
+VARIANTS = ("kcaps", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras")
+
+
+class CapsNetKerasCapsules(tf.keras.layers.Layer):
+    """CapsNet-Keras's `CapsuleLayer` formulation (see `benchmarks.routing`), W `(J, N, K, D)`."""
+
+    def __init__(self, num_capsule, dim_capsule, routings=3, **kwargs):
+        super().__init__(**kwargs)
+        self.num_capsule, self.dim_capsule, self.routings = num_capsule, dim_capsule, routings
+
+    def build(self, input_shape):
+        self.W = self.add_weight(
+            name="W", shape=[self.num_capsule, input_shape[1], self.dim_capsule, input_shape[2]],
+            initializer="glorot_uniform")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return capsnet_keras_layer(inputs, self.W, self.routings)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_capsule=self.num_capsule, dim_capsule=self.dim_capsule,
+                      routings=self.routings)
+        return config
+
+
+def build(model_name, variant, input_shape, num_classes):
+    builder = kcaps.models.get(model_name)
+    kwargs = {"stop_routing_gradient": True} if variant == "kcaps-stopgrad" else {}
+    model = builder(input_shape, num_classes, **kwargs)
+    if variant == "capsnet-keras":
+        def clone(layer):
+            if isinstance(layer, kcaps.layers.CapsuleDense):
+                return CapsNetKerasCapsules(layer.num_capsules, layer.capsule_dim,
+                                            layer.routing_iterations, name=layer.name)
+            return layer.__class__.from_config(layer.get_config())
+
+        model = tf.keras.models.clone_model(model, clone_function=clone)
+    model.compile(tf.keras.optimizers.Adam(1e-3), jit_compile=variant == "kcaps-xla")
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["capsnet", "small_capsnet"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--xla-capsnet", action="store_true")
+    args = parser.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(args.images, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=args.images)
+    print(f"model.fit on {args.images} random 28x28x1 images, batch {args.batch_size}, "
+          f"{args.rounds} interleaved rounds of one epoch each, median epoch time")
+    print("| model | variant | images/s | x vs capsnet-keras | parameters |")
+    print("|---|---|---|---|---|")
+    for model_name in args.models:
+        variants = [v for v in args.variants
+                    if not (v == "kcaps-xla" and model_name == "capsnet" and not args.xla_capsnet)]
+        models = {v: build(model_name, v, x.shape[1:], 10) for v in variants}
+        for model in models.values():  # warm-up: tracing (and XLA compilation)
+            model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)
+        times = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for v, model in models.items():
+                start = time.perf_counter()
+                model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)
+                times[v].append(time.perf_counter() - start)
+        speed = {v: args.images / statistics.median(t) for v, t in times.items()}
+        base = speed.get("capsnet-keras")
+        for v in variants:
+            ratio = f"{speed[v] / base:.2f}" if base else "-"
+            print(f"| {model_name} | {v} | {speed[v]:.1f} | {ratio} | "
+                  f"{models[v].count_params():,} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

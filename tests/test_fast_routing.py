@@ -1,0 +1,167 @@
+"""Issue 19: routing under XLA and with the stopped routing gradient, against NumPy references;
+XLA's fallback in `CapsuleModel.compile`."""
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kcaps
+from conftest import numpy_routing, numpy_squash
+
+NUM_IN, DIM_IN, NUM_OUT, DIM_OUT, BATCH = 6, 3, 4, 5, 2
+
+
+def _setup(**kwargs):
+    rng = np.random.default_rng(7)
+    u = kcaps.ops.squash(rng.normal(size=(BATCH, NUM_IN, DIM_IN))).numpy().astype(np.float64)
+    w = rng.normal(scale=0.7, size=(NUM_IN, DIM_IN, NUM_OUT, DIM_OUT))
+    layer = kcaps.layers.CapsuleDense(NUM_OUT, DIM_OUT, routing_iterations=3, **kwargs)
+    layer.build((None, NUM_IN, DIM_IN))
+    layer.kernel.assign(w.astype(np.float32))
+    return layer, u, w
+
+
+def _numpy_loss(u, w, frozen=None):
+    """Sum of the output lengths; with `frozen` (a u_hat), c comes from routing `frozen`."""
+    u_hat = np.einsum("bid,idjk->bijk", u, w)
+    if frozen is None:
+        v = numpy_routing(u_hat, 3)
+    else:  # c of the last iteration from the frozen prediction vectors, then one weighted sum
+        b = np.zeros(frozen.shape[:3])
+        for _ in range(2):
+            c = np.exp(b) / np.exp(b).sum(axis=2, keepdims=True)
+            v = numpy_squash(np.einsum("bij,bijk->bjk", c, frozen))
+            b += np.einsum("bijk,bjk->bij", frozen, v)
+        c = np.exp(b) / np.exp(b).sum(axis=2, keepdims=True)
+        v = numpy_squash(np.einsum("bij,bijk->bjk", c, u_hat))
+    return np.sqrt((v ** 2).sum(-1) + 1e-7).sum(), v
+
+
+def _numpy_gradients(u, w, frozen=False, eps=1e-6):
+    """Central finite differences in float64 of `_numpy_loss` w.r.t. u and W."""
+    held = np.einsum("bid,idjk->bijk", u, w) if frozen else None
+
+    def loss(u_, w_):
+        return _numpy_loss(u_, w_, frozen=held)[0]
+
+    grads = []
+    for which, x in (("u", u), ("w", w)):
+        g = np.zeros_like(x)
+        for index in np.ndindex(*x.shape):
+            plus, minus = x.copy(), x.copy()
+            plus[index] += eps
+            minus[index] -= eps
+            args_p = (plus, w) if which == "u" else (u, plus)
+            args_m = (minus, w) if which == "u" else (u, minus)
+            g[index] = (loss(*args_p) - loss(*args_m)) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+def _tf_step(layer, u, jit):
+    u = tf.constant(u, tf.float32)
+
+    @tf.function(jit_compile=jit)
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            v = layer(u)
+            loss = tf.reduce_sum(kcaps.ops.safe_norm(v))
+        grad_u, grad_w = tape.gradient(loss, [u, layer.kernel])
+        return v, grad_u, grad_w
+
+    return [t.numpy() for t in step()]
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_routing_outputs_and_gradients_match_numpy(jit):
+    layer, u, w = _setup()
+    v, grad_u, grad_w = _tf_step(layer, u, jit)
+    _, v_ref = _numpy_loss(u, w)
+    ref_u, ref_w = _numpy_gradients(u, w)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad_u, ref_u, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grad_w, ref_w, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_stopped_routing_gradient_keeps_outputs_and_follows_frozen_coupling(jit):
+    layer, u, w = _setup(stop_routing_gradient=True)
+    v, grad_u, grad_w = _tf_step(layer, u, jit)
+    _, v_ref = _numpy_loss(u, w)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-6)  # forward unchanged
+    ref_u, ref_w = _numpy_gradients(u, w, frozen=True)
+    np.testing.assert_allclose(grad_u, ref_u, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(grad_w, ref_w, rtol=1e-3, atol=1e-5)
+    exact_u, _ = _numpy_gradients(u, w)
+    assert np.abs(exact_u - ref_u).max() > 1e-3  # the option really changes the gradient
+
+
+def test_stop_routing_gradient_round_trips_in_config():
+    layer = kcaps.layers.CapsuleDense(4, 5, stop_routing_gradient=True)
+    assert kcaps.layers.CapsuleDense.from_config(layer.get_config()).stop_routing_gradient
+
+
+class _HostScale(tf.keras.layers.Layer):
+    """Multiplies by a scale computed in Python: `tf.numpy_function` has no XLA kernel."""
+
+    def call(self, x):
+        scale = tf.numpy_function(lambda: np.float32(1.0), [], tf.float32)
+        scale.set_shape([])
+        return x * scale
+
+
+def _model_with_host_op():
+    image = tf.keras.Input((12, 12, 1))
+    h = kcaps.layers.PrimaryCapsules(4, 4, 5, strides=3)(image)
+    h = _HostScale()(kcaps.layers.CapsuleDense(3, 4)(h))
+    return kcaps.models.CapsuleModel(image, kcaps.layers.CapsuleLength(name="lengths")(h))
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.uniform(size=(8, 12, 12, 1)).astype(np.float32), np.arange(8) % 3
+
+
+def test_jit_compile_falls_back_with_the_reason_when_xla_cannot_compile():
+    model = _model_with_host_op()
+    with pytest.warns(UserWarning, match=r"XLA cannot compile this model .*PyFunc"):
+        model.compile("adam", jit_compile=True)
+    assert model.jit_compile is False
+    x, y = _data()
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][0])
+    # without the fallback the same model fails in its first step
+    plain = _model_with_host_op()
+    tf.keras.Model.compile(plain, "adam", loss=kcaps.losses.MarginLoss(), jit_compile=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="PyFunc"):
+        plain.fit(x, y, batch_size=4, epochs=1, verbose=0)
+
+
+def test_jit_compile_stays_on_for_a_compilable_model():
+    model = kcaps.models.small_capsnet((20, 20, 1), 3, conv_filters=(4, 4), capsule_types=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.compile("adam", jit_compile=True)
+    assert model.jit_compile is True
+    x, y = _data()
+    x = np.resize(x, (8, 20, 20, 1))
+    assert np.isfinite(model.fit(x, y, batch_size=4, epochs=1, verbose=0).history["loss"][0])
+
+
+def test_jit_compile_is_off_by_default():
+    model = kcaps.models.small_capsnet((20, 20, 1), 3, conv_filters=(4, 4), capsule_types=2)
+    model.compile()
+    assert not model.jit_compile
+
+
+def test_kcaps_train_jit_compile_flag_reaches_the_config():
+    import argparse
+
+    from kcaps_training import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_train_arguments(parser)
+    assert cli.config_from_args(parser.parse_args([]), "out").jit_compile is False
+    assert cli.config_from_args(parser.parse_args(["--jit-compile"]), "out").jit_compile is True
