@@ -24,8 +24,13 @@ def plot_history(history, path, title=""):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    return save(fig, path)
+
+
+def save(fig, path, dpi=100):
+    """Lay out `fig`, write it to `path` (PNG) and close it; return `path`."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
