@@ -87,8 +87,10 @@ def fit(model, data, config, validation_data=None, callbacks=(), output_dir=None
         recipe.append(tf.keras.callbacks.BackupAndRestore(backup_dir))
     recipe += plan.data_callbacks
     if output_dir is not None:
-        recipe += [tf.keras.callbacks.CSVLogger(os.path.join(output_dir, "log.csv"),
-                                                append=resuming),
+        log = os.path.join(output_dir, "log.csv")
+        if not resuming and os.path.exists(log):
+            os.remove(log)  # a fit from epoch 1 starts its log afresh
+        recipe += [tf.keras.callbacks.CSVLogger(log, append=True),  # across fit_adaptive's fits
                    tf.keras.callbacks.TensorBoard(os.path.join(output_dir, "tensorboard"))]
     return plan.fit(  # one model.fit (adabatch under a strategy: one per batch size)
         model, validation_data=validation_data, epochs=config.epochs, verbose=config.verbose,
