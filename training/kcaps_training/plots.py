@@ -55,9 +55,5 @@ def plot_capsule_activity(history, directory, threshold):
             axis.set_xlabel("epoch")
             axis.grid(alpha=0.3)
         fig.suptitle(name)
-        fig.tight_layout()
-        path = os.path.join(directory, f"{name}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, os.path.join(directory, f"{name}.png"), dpi=90))
     return paths
