@@ -2,7 +2,7 @@
 
 Each field carries its command-line help in its metadata; `kcaps_training.cli` builds the
 `kcaps train` / `quickstart` / `sweep` flags (`--batch-size` for `batch_size`, ...) from the fields
-and the config back from the parsed flags, so a new field is one line here and nothing elsewhere:
+and the config back from the parsed flags, so a new field and its flag are one line here:
 
     jit_compile: bool = option(False, "compile each step with XLA")   # gives --jit-compile
 
