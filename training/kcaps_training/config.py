@@ -4,7 +4,7 @@ Each field carries its command-line help in its metadata; `kcaps_training.cli` b
 `kcaps train` / `quickstart` / `sweep` flags (`--batch-size` for `batch_size`, ...) from the fields
 and the config back from the parsed flags, so a new field and its flag are one line here:
 
-    jit_compile: bool = option(False, "compile each step with XLA")   # gives --jit-compile
+    jit_compile: bool = option(False, "compile the train step with XLA")  # --[no-]jit-compile
 
 Metadata keys (all optional): `help`; `parse` (the flag's type; default: the type of the
 default, a bool default gives `--name/--no-name`); `choices`; `names` (flag words -> values,
