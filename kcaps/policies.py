@@ -5,6 +5,7 @@ the largest rate of each (the authors' plots peak at 1e-3 for every cyclic polic
 
 | name | learning rate |
 |---|---|
+| `epoch_decay` | `learning_rate * lr_decay ** epoch`, constant within an epoch (CapsNet-Keras' recipe: 0.9 per epoch; `kcaps train`'s default) |
 | `fixed` | `learning_rate` throughout (the paper's baseline: Adam 1e-3) |
 | `exp_decay` | `learning_rate * 0.96 ** (step / decay_steps)`; by default `decay_steps` makes the rate reach `learning_rate / 10` at the end, as in the paper's figure |
 | `one_cycle` | `OneCycle(learning_rate / 10)`: up to `learning_rate` at 45%, back at 90%, `/ 10` at the end |
@@ -66,7 +67,7 @@ def batch_size_schedule(policy="fixed", batch_size=128, warm_epochs=3, warm_batc
 
 
 def learning_rate_schedule(policy, learning_rate, batch_schedule, num_examples, epochs,
-                           warm_epochs=3, decay_steps=None):
+                           warm_epochs=3, decay_steps=None, lr_decay=0.9):
     """The learning rate of a named policy, as a float or a `LearningRateSchedule`.
 
     Args:
@@ -77,13 +78,27 @@ def learning_rate_schedule(policy, learning_rate, batch_schedule, num_examples, 
       epochs: epochs of the whole run.
       warm_epochs: epochs of the first cycle of `warm_adabatch`.
       decay_steps: `exp_decay` steps per factor 0.96 (default: a tenfold decay over the run).
+      lr_decay: `epoch_decay` factor per epoch, in (0, 1].
     """
     build = LR_POLICIES.get(policy)
     learning_rate = _checks.positive_number(policy, "learning_rate", learning_rate)
     epochs = _checks.positive_int(policy, "epochs", epochs)
     num_examples = _checks.positive_int(policy, "num_examples", num_examples)
     per_epoch = [batch_schedule.steps_per_epoch(e, num_examples) for e in range(epochs)]
-    return build(learning_rate, per_epoch, warm_epochs=warm_epochs, decay_steps=decay_steps)
+    return build(learning_rate, per_epoch, warm_epochs=warm_epochs, decay_steps=decay_steps,
+                 lr_decay=lr_decay)
+
+
+@LR_POLICIES.register("epoch_decay")
+def _epoch_decay(learning_rate, per_epoch, lr_decay=0.9, **_options):
+    """`learning_rate * lr_decay ** epoch` on every step of an epoch (epochs of any length)."""
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"epoch_decay: `lr_decay` must be in (0, 1], got {lr_decay!r}")
+    ends = [sum(per_epoch[:e + 1]) - 1 for e in range(len(per_epoch) - 1)]  # last step of each
+    if not ends:
+        return learning_rate
+    return tf.keras.optimizers.schedules.PiecewiseConstantDecay(
+        ends, [learning_rate * lr_decay ** e for e in range(len(per_epoch))])
 
 
 @LR_POLICIES.register("fixed")

@@ -1,5 +1,6 @@
 # Sourced by the other scripts: create or reuse the local virtual environment `.venv` with kcaps
-# (editable) and its pinned dependencies. Re-installs when pyproject.toml changes.
+# (editable) with the pinned dependencies of the library and of its extras (the application,
+# which includes the deployment; LCE; tests). Re-installs when pyproject.toml changes.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${KCAPS_VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
@@ -14,7 +15,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.kcaps-stamp" 2>/dev/null)" !=
   echo "Setting up $VENV (first run: a few minutes) ..." >&2
   "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test,lce]"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[app,lce,test]"
   echo "$STAMP" > "$VENV/.kcaps-stamp"
 fi
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"  # TensorFlow's C++ info lines

@@ -28,7 +28,7 @@ def test_help_lists_the_training_flags():
 
 
 @pytest.mark.slow
-def test_train_end_to_end_writes_every_output(tmp_path):
+def test_train_end_to_end_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
     result = _run("train", "--dataset", "digits", "--epochs", "2", "--batch-size", "128",
                   "--output", str(out), "--verbose", "1")
@@ -44,6 +44,17 @@ def test_train_end_to_end_writes_every_output(tmp_path):
     model = tf.keras.models.load_model(out / "model.keras")
     assert model.count_params() == metrics["parameters"]
 
+    # the same command again: the run is finished, nothing trains and no file changes
+    before = {name: (out / name).read_bytes() for name in ("log.csv", "metrics.json")}
+    args = ["train", "--dataset", "digits", "--epochs", "2", "--batch-size", "128", "--output",
+            str(out), "--verbose", "0"]
+    assert cli.main(args) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert before == {name: (out / name).read_bytes() for name in before}
+    # other settings into the same directory: refused, naming the field
+    assert cli.main([*args[:4], "3", *args[5:]]) == 2
+    assert "holds a run of another config ({'epochs': (2, 3)}" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("args,message", [
     (("--dataset", "svhn"), "unknown dataset 'svhn'"),
@@ -57,22 +68,66 @@ def test_bad_arguments_fail_before_training_with_a_clear_message(args, message, 
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+def _tiny_digits():
     from kcaps_training import datasets
 
     full = datasets.load("digits")
-    data = datasets.Dataset("digits", full.x_train[:256], full.y_train[:256], full.x_test[:64],
+    return datasets.Dataset("digits", full.x_train[:256], full.y_train[:256], full.x_test[:64],
                             full.y_test[:64], 10)
+
+
+def _log_epochs(out):
+    return [line.split(",")[0] for line in (out / "log.csv").read_text().splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    data = _tiny_digits()
     config = recipe.TrainConfig(epochs=3, batch_size=64, output_dir=str(tmp_path), verbose=0)
     with pytest.raises(Interrupt):
         recipe.train(config, callbacks=[StopAfter(epoch=1)], data=data)
     assert any((tmp_path / "backup").iterdir())
+    assert not (tmp_path / "metrics.json").exists()
     result = recipe.train(config, data=data)
     assert result.metrics["epochs_run"] == 1  # only epoch 3 was left
-    epochs = [line.split(",")[0] for line in (tmp_path / "log.csv").read_text().splitlines()[1:]]
-    assert epochs == ["0", "1", "2"]
+    assert _log_epochs(tmp_path) == ["0", "1", "2"]
     assert np.isclose(result.history["lr"][0], 1e-3 * 0.9 ** 2)  # the schedule resumed too
+    # metrics.json (and the curves drawn from it) hold the whole run, as log.csv does
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and len(metrics["history"]["loss"]) == 3
+    np.testing.assert_allclose(metrics["history"]["lr"], [1e-3, 9e-4, 8.1e-4], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_not_trained_again_unless_overwritten(tmp_path):
+    data = _tiny_digits()
+    config = recipe.TrainConfig(epochs=2, batch_size=64, output_dir=str(tmp_path), verbose=0)
+    first = recipe.train(config, data=data)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert set(files) == {"config.json", "log.csv", "metrics.json", "model.keras",
+                          "training_curves.png"}
+
+    again = recipe.train(config, data=data)  # the rerun of a finished run
+    assert again.already_finished and again.history == {}
+    assert again.metrics == json.loads(files["metrics.json"])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == files
+    x = data.x_test[:8]
+    np.testing.assert_allclose(kcaps.models.classifier(again.model).predict(x, verbose=0),
+                               kcaps.models.classifier(first.model).predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+    longer = recipe.TrainConfig(epochs=3, batch_size=64, output_dir=str(tmp_path), verbose=0)
+    with pytest.raises(ValueError, match=r"holds a run of another config \(\{'epochs': \(2, 3\)\}"):
+        recipe.train(longer, data=data)
+
+    # --overwrite: fresh files, from epoch 1, even over an interrupted run's backup
+    with pytest.raises(Interrupt):
+        recipe.train(longer, callbacks=[StopAfter(epoch=0)], data=data, overwrite=True)
+    assert _log_epochs(tmp_path) == ["0"] and not (tmp_path / "metrics.json").exists()
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 3
+    result = recipe.train(longer, data=data, overwrite=True)
+    assert result.metrics["epochs_run"] == 3 and _log_epochs(tmp_path) == ["0", "1", "2"]
+    assert len(result.metrics["history"]["loss"]) == 3
 
 
 def test_python_dash_m_training_runs_the_same_cli():

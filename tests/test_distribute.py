@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import kcaps
 from conftest import ROOT
-from kcaps_training import cli, distribute, fast_training
+from kcaps_training import cli, distribute
 from kcaps_training import train as recipe
 
 SCRIPT = str(ROOT / "tests" / "distributed_run.py")
@@ -64,13 +64,13 @@ def test_unknown_precision_lists_valid_ones():
 
 def test_adaptive_batch_is_accepted_under_a_strategy_if_replicas_get_examples():
     config = recipe.TrainConfig(strategy="mirrored", batch_policy="adabatch", warm_batch_size=2)
-    fast_training.check_replicas(config, 2)
+    config.check_replicas(2)
     with pytest.raises(ValueError, match=r"`warm_batch_size` \(2\) is smaller than the 4 replicas "
                                          r"of strategy 'mirrored'"):
-        fast_training.check_replicas(config, 4)
+        config.check_replicas(4)
     fixed = recipe.TrainConfig(strategy="mirrored", batch_size=2)
     with pytest.raises(ValueError, match=r"`batch_size` \(2\) is smaller than the 3 replicas"):
-        fast_training.check_replicas(fixed, 3)
+        fixed.check_replicas(3)
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """FasTrCaps' training policies: schedules against NumPy references, the adaptive batch size inside
 one model.fit, weight sharing, the small decoder, and the recipe's options."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -137,13 +139,18 @@ def test_recipe_warm_adabatch_resumes_with_the_right_batch_size_and_step(tmp_pat
 
 
 def test_default_config_keeps_the_recipe():
+    # epoch_decay is a policy of kcaps.policies: a step schedule in the optimizer (saved and
+    # restored with it) that is learning_rate * lr_decay ** epoch on every step of an epoch
     config = recipe.TrainConfig()
     assert fast_training.model_options(config) == {}
-    plan = fast_training.plan(config, _tiny_digits())
-    assert plan.learning_rate == config.learning_rate and plan.data_callbacks == []
-    assert isinstance(plan.train_data, tf.data.Dataset)
-    assert isinstance(plan.schedule_callbacks[0], tf.keras.callbacks.LearningRateScheduler)
-    assert plan.schedule_callbacks[0].schedule(2) == pytest.approx(1e-3 * 0.9 ** 2)
+    data = _tiny_digits(n_train=150)
+    plan = fast_training.plan(config, data)
+    assert plan.data_callbacks == [] and isinstance(plan.train_data, tf.data.Dataset)
+    assert isinstance(plan.schedule_callbacks[0], kcaps.lr_schedules.LearningRateLogger)
+    steps = math.ceil(150 / config.batch_size)  # 3 steps per epoch
+    for step in range(steps * config.epochs + 5):
+        expected = 1e-3 * 0.9 ** min(step // steps, config.epochs - 1)
+        assert float(plan.learning_rate(step)) == pytest.approx(expected, rel=1e-6), step
 
 
 @pytest.mark.parametrize("field,value", [

@@ -35,3 +35,14 @@ def test_unknown_policies_list_the_valid_ones():
         kcaps.policies.learning_rate_schedule("cyclic", 1e-3, BatchSizeSchedule([4]), 10, 2)
     with pytest.raises(ValueError, match="adabatch, fixed"):
         kcaps.policies.batch_size_schedule("grow")
+
+
+def test_epoch_decay_follows_the_epochs_of_an_adaptive_batch_size():
+    batches = BatchSizeSchedule([2, 5], [1])  # 20 examples: 10 steps, then 4 per epoch
+    lr = kcaps.policies.learning_rate_schedule("epoch_decay", 1e-3, batches, 20, 3, lr_decay=0.5)
+    epoch_of_step = [0] * 10 + [1] * 4 + [2] * 4
+    for step, epoch in enumerate(epoch_of_step):
+        assert float(lr(step)) == pytest.approx(1e-3 * 0.5 ** epoch, rel=1e-6), step
+    assert kcaps.policies.learning_rate_schedule("epoch_decay", 1e-3, batches, 20, 1) == 1e-3
+    with pytest.raises(ValueError, match="`lr_decay`"):
+        kcaps.policies.learning_rate_schedule("epoch_decay", 1e-3, batches, 20, 3, lr_decay=0)

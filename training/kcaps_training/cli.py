@@ -16,60 +16,55 @@ import json
 import pathlib
 import sys
 
-from kcaps_training import distribute, fast_training
+from kcaps_training import config as config_lib
+from kcaps_training import distribute
 from kcaps_training import train as recipe
 
-_DEFAULTS = recipe.TrainConfig.__dataclass_fields__
 
-
-def _default(field):
-    return _DEFAULTS[field].default
-
-
-def add_train_arguments(parser, model=None, dataset=None, epochs=None):
-    """The flags of a training run, shared by every command that trains."""
-    parser.add_argument("--model", default=model or _default("model"),
-                        help="model builder from kcaps.models (default: %(default)s)")
-    parser.add_argument("--dataset", default=dataset or _default("dataset"),
-                        help="digits (offline), real_digits, idx, mnist, fashion_mnist, cifar10, "
-                             "smallnorb (default: %(default)s)")
-    parser.add_argument("--data-dir", default=None,
-                        help="idx directory or tfds data_dir (real_digits: ../shared/data/mnist)")
-    parser.add_argument("--epochs", type=int, default=epochs or _default("epochs"))
-    parser.add_argument("--batch-size", type=int, default=_default("batch_size"))
-    parser.add_argument("--learning-rate", type=float, default=_default("learning_rate"))
-    parser.add_argument("--lr-decay", type=float, default=_default("lr_decay"),
-                        help="learning-rate factor per epoch (default: %(default)s)")
-    parser.add_argument("--max-shift", type=int, default=_default("max_shift"),
-                        help="random shift augmentation in pixels (default: %(default)s)")
-    parser.add_argument("--routing-iterations", type=int, default=_default("routing_iterations"))
-    parser.add_argument("--seed", type=int, default=_default("seed"))
-    parser.add_argument("--verbose", type=int, default=_default("verbose"),
-                        help="Keras progress: 0 silent, 1 progress bar, 2 one line per epoch")
-    parser.add_argument("--strategy", default=_default("strategy"),
-                        help="default, mirrored (all GPUs, else all logical CPUs) or multiworker "
-                             "(configured by TF_CONFIG) (default: %(default)s)")
-    parser.add_argument("--precision", default=_default("precision"),
-                        help="float32, mixed_float16, mixed_bfloat16 or auto (float16 on GPU, "
-                             "bfloat16 on CPU) (default: %(default)s)")
-    parser.add_argument("--cpu-replicas", type=int, default=None,
-                        help="split the CPU into this many logical devices (for --strategy mirrored "
-                             "without GPUs)")
-    parser.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
-                        default=_default("jit_compile"),
-                        help="compile the train step with XLA; falls back without it, with a "
-                             "warning, where XLA cannot compile the model (default: %(default)s)")
-    fast_training.add_arguments(parser)
+def add_train_arguments(parser, **defaults):
+    """The flags of a training run, shared by every command that trains: one per field of
+    `TrainConfig`, built from the field's metadata (`kcaps_training.config`), and
+    `--cpu-replicas`. `defaults` override the config's defaults; fields with a `group` go into
+    an argparse group of that title."""
+    groups = {}
+    for field in config_lib.flag_fields():
+        meta = field.metadata
+        target = parser
+        if meta.get("group"):
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_argument_group(meta["group"])
+            target = groups[meta["group"]]
+        default = defaults.get(field.name, field.default)
+        kwargs = {"help": meta.get("help")}
+        if "names" in meta:
+            words = {value: word for word, value in meta["names"].items()}
+            kwargs.update(choices=tuple(meta["names"]), default=words[default])
+        elif isinstance(field.default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kwargs.update(type=meta.get("parse", type(field.default)), default=default)
+            if "choices" in meta:
+                kwargs["choices"] = tuple(meta["choices"])
+        target.add_argument("--" + field.name.replace("_", "-"), **kwargs)
+        if field.name == "precision":
+            parser.add_argument("--cpu-replicas", type=int, default=None,
+                                help="split the CPU into this many logical devices (for "
+                                     "--strategy mirrored without GPUs)")
 
 
 def config_from_args(args, output_dir):
-    return recipe.TrainConfig(
-        model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, lr_decay=args.lr_decay,
-        max_shift=args.max_shift, routing_iterations=args.routing_iterations,
-        output_dir=output_dir, seed=args.seed, verbose=args.verbose, strategy=args.strategy,
-        precision=args.precision, jit_compile=args.jit_compile,
-        **fast_training.config_kwargs(args))
+    """The `TrainConfig` of the flags of `add_train_arguments` (every field checked), then the
+    CPU split that `--cpu-replicas` asks for (before TensorFlow starts its runtime)."""
+    values = {}
+    for field in config_lib.flag_fields():
+        value = getattr(args, field.name)
+        if "names" in field.metadata:
+            value = field.metadata["names"][value]
+        values[field.name] = value
+    config = config_lib.TrainConfig(output_dir=output_dir, **values)
+    if args.cpu_replicas:
+        distribute.split_cpu(args.cpu_replicas)
+    return config
 
 
 def print_report(metrics, output_dir):
@@ -82,12 +77,17 @@ def print_report(metrics, output_dir):
           f"training_curves.png, tensorboard/)")
 
 
-def cmd_train(args):
-    config = config_from_args(args, args.output)  # checks every field before TensorFlow starts
-    if args.cpu_replicas:
-        distribute.split_cpu(args.cpu_replicas)
-    result = recipe.train(config)
+def _train(config, args, data=None):
+    """`kcaps train`'s run (a finished one is reported, not trained again)."""
+    result = recipe.train(config, data=data, overwrite=args.overwrite)
+    if result.already_finished:
+        print(f"{config.output_dir}: already finished with this config; nothing to train "
+              f"(--overwrite trains it again from epoch 1)")
     print_report(result.metrics, config.output_dir)
+
+
+def cmd_train(args):
+    _train(config_from_args(args, args.output), args)  # every field checked before TF starts
     return 0
 
 
@@ -98,12 +98,15 @@ def cmd_quickstart(args):
     config = config_from_args(args, args.output)
     pipeline_config = _pipeline_config(args)  # checked before training starts
     data = datasets.load(config.dataset, config.data_dir)
-    result = recipe.train(config, data=data)
-    print_report(result.metrics, config.output_dir)
+    _train(config, args, data)
     saved = pathlib.Path(config.output_dir) / "model.keras"
     print(f"\n== deployment of {saved}: convert, verify in LiteRT, TFLite Micro, benchmark")
     _deploy(saved, data, config.output_dir, pipeline_config, name=config.model)
     return 0
+
+
+OVERWRITE_HELP = ("delete the run in --output and train from epoch 1 (without it, a finished run "
+                  "is not trained again and an interrupted one resumes)")
 
 
 # ---- deployment: convert, micro, benchmark, deploy (libraries in kcaps_tflite) ----
@@ -345,7 +348,19 @@ def add_sweep_command(commands):
     parser.add_argument("--time-metric", choices=sweep.TIME_KEYS, default="fastrcaps_seconds")
     parser.add_argument("--accuracy-metric", choices=sweep.ACCURACY_KEYS,
                         default="best_accuracy")
-    parser.set_defaults(run=sweep.cmd_sweep, verbose=2)
+    parser.set_defaults(run=cmd_sweep, verbose=2)
+
+
+def cmd_sweep(args):
+    from kcaps_training import sweep
+
+    base = config_from_args(args, output_dir=args.output)
+    grids = [sweep.parse_grid(tokens) for tokens in args.grid]
+    rows = sweep.run_sweep(base, grids, args.output, time_key=args.time_metric,
+                           accuracy_key=args.accuracy_metric)
+    sweep.print_rows(rows, args.time_metric, args.accuracy_metric)
+    print(f"\noutputs: {args.output}/sweep.csv, {args.output}/pareto.png, {args.output}/points/")
+    return 0
 
 
 def add_heads_command(commands):
@@ -414,7 +429,9 @@ def build_parser():
     train = commands.add_parser("train", help="train a capsule network",
                                 description="Train a kcaps model with model.fit, save it, report.")
     add_train_arguments(train)
-    train.add_argument("--output", default=_default("output_dir"), help="output directory")
+    train.add_argument("--output", default=config_lib.TrainConfig.output_dir,
+                       help="output directory")
+    train.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     train.set_defaults(run=cmd_train)
 
     quick = commands.add_parser(
@@ -426,6 +443,7 @@ def build_parser():
                     "the TFLite benchmark tool and write report.md.")
     add_train_arguments(quick, model="small_capsnet", dataset="digits", epochs=30)
     quick.add_argument("--output", default="runs/quickstart", help="output directory")
+    quick.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_firmware_arguments(quick)
     quick.set_defaults(run=cmd_quickstart, verbose=2)
 

@@ -8,19 +8,19 @@ For each (backbone, head) of `kcaps.models.backbone_capsnet` it prints trainable
 float parameters, binary and float MACs per image (larq's profiler, kcaps layers counting their
 own, see `kcaps.complexity`), the model size in bytes at deployment precision (1 bit per binary
 weight, float32 otherwise, plus XnODR's float scaling factors), and, when a dataset is given,
-the test accuracy after training every model with the same recipe (Adam, learning rate x0.9
-per epoch, margin loss, shift augmentation on single digits). With `--multimnist` the models
+the test accuracy after training every model with the recipe of `kcaps train`
+(`kcaps_training.train.fit`: Adam, learning rate x0.9 per epoch, margin loss, shift
+augmentation on single digits). With `--multimnist` the models
 train and test on MultiMNIST built from the dataset (`kcaps_training.multimnist`), and the accuracy is
 both-digits-correct.
 """
-import time
-
 import numpy as np
 import tensorflow as tf
 
 import kcaps
 from kcaps_training import datasets
 from kcaps_training import multimnist as multimnist_lib
+from kcaps_training import train as recipe
 
 COLUMNS = ("backbone", "head", "trainable_params", "binary_params", "float_params",
            "binary_macs", "float_macs", "deployment_bytes", "accuracy", "seconds_per_epoch")
@@ -28,34 +28,25 @@ COLUMNS = ("backbone", "head", "trainable_params", "binary_params", "float_param
 
 def train_and_evaluate(model, data, epochs, multimnist=False, batch_size=64, learning_rate=1e-3,
                        lr_decay=0.9, max_shift=2, seed=0, verbose=0):
-    """Train a compiled-here model with kcaps' recipe on `data`; return accuracy and timing.
+    """Train `model` with the recipe (`kcaps_training.train.fit`) on `data`; return accuracy and timing.
 
     `data` is a `kcaps_training.datasets.Dataset`, or with `multimnist=True` a pair of MultiMNIST
     `tf.data` datasets `(train, test)` (no shift augmentation: the digits are already shifted).
-    Accuracy is top-1 of the class scores, or both-digits-correct on MultiMNIST.
+    Accuracy (`kcaps_training.train.evaluate`) is top-1 of the class scores, or
+    both-digits-correct on MultiMNIST.
     """
+    config = recipe.TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                                lr_decay=lr_decay, max_shift=max_shift, seed=seed,
+                                verbose=verbose)
     if multimnist:
-        train_examples, test_examples = data
-        metric = kcaps.metrics.MultiDigitAccuracy(name="accuracy")
-        size = int(train_examples.cardinality())
-        train = train_examples.shuffle(size, seed=seed).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        test = test_examples.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        train, test = data
+        x_test, y_test = multimnist_lib.to_numpy(test)
+        metric = kcaps.metrics.MultiDigitAccuracy
     else:
-        metric = kcaps.metrics.CapsuleAccuracy(name="accuracy")
-        train = datasets.pipeline(data.x_train, data.y_train, batch_size, shuffle=True,
-                                  max_shift=max_shift, seed=seed)
-        test = datasets.pipeline(data.x_test, data.y_test, batch_size)
-    model.compile(tf.keras.optimizers.Adam(learning_rate), metrics={"lengths": [metric]})
-    history = model.fit(
-        train, epochs=epochs, verbose=verbose,
-        callbacks=[kcaps.callbacks.EpochTimer(),
-                   tf.keras.callbacks.LearningRateScheduler(
-                       lambda epoch: learning_rate * lr_decay ** epoch)]).history
-    start = time.perf_counter()
-    accuracy = model.evaluate(test, verbose=0, return_dict=True)["accuracy"]
-    return {"accuracy": float(accuracy),
-            "seconds_per_epoch": float(np.mean(history["epoch_seconds"])),
-            "evaluate_seconds": time.perf_counter() - start}
+        train, x_test, y_test, metric = data, data.x_test, data.y_test, None
+    history = recipe.fit(model, train, config, metric=metric)
+    evaluation = recipe.evaluate(model, x_test, y_test, metric)
+    return {**evaluation, "seconds_per_epoch": float(np.mean(history["epoch_seconds"]))}
 
 
 def head_report(backbones=kcaps.models.BACKBONES, heads=kcaps.models.HEADS, input_shape=None,

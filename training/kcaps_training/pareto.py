@@ -1,8 +1,5 @@
 """The Pareto front of (training time, accuracy) points, and its PNG chart."""
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from kcaps_training import plots
 
 
 def pareto_front(points, time_key, accuracy_key):
@@ -28,7 +25,7 @@ def plot_front(points, path, time_key, accuracy_key, label_key="point", title=""
     """Scatter accuracy (%) against training time (s), the Pareto front highlighted and labelled."""
     front = pareto_front(points, time_key, accuracy_key)
     on_front = {id(p) for p in front}
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plots.plt.subplots(figsize=(9, 5.5))
     others = [p for p in points if id(p) not in on_front]
     ax.scatter([p[time_key] for p in others], [100 * p[accuracy_key] for p in others],
                color="tab:gray", label="dominated")
@@ -45,7 +42,4 @@ def plot_front(points, path, time_key, accuracy_key, label_key="point", title=""
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return plots.save(fig, path, dpi=110)

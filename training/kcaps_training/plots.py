@@ -24,8 +24,13 @@ def plot_history(history, path, title=""):
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    return save(fig, path)
+
+
+def save(fig, path, dpi=100):
+    """Lay out `fig`, write it to `path` (PNG) and close it; return `path`."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -50,9 +55,5 @@ def plot_capsule_activity(history, directory, threshold):
             axis.set_xlabel("epoch")
             axis.grid(alpha=0.3)
         fig.suptitle(name)
-        fig.tight_layout()
-        path = os.path.join(directory, f"{name}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save(fig, os.path.join(directory, f"{name}.png"), dpi=90))
     return paths

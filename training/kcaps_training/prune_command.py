@@ -1,4 +1,7 @@
-"""`kcaps prune`: channel-prune a saved model, fine-tune it with model.fit, save and report.
+"""`kcaps prune`: channel-prune a saved model, fine-tune it with the recipe, save and report.
+
+Fine-tuning is `kcaps_training.train.fit` (the recipe of `kcaps train`) at a fixed learning rate;
+it writes `log.csv` and `tensorboard/` into `--output`.
 
     kcaps prune runs/digits/model.keras --ratio 0.5 --criterion l1 --dataset real_digits \\
         --epochs 3 --output runs/pruned
@@ -7,11 +10,11 @@
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 
 import kcaps
 from kcaps_training import datasets
+from kcaps_training import train as recipe
 
 
 def _layer_ratios(items):
@@ -28,8 +31,7 @@ def _layer_ratios(items):
 
 
 def _accuracy(model, data):
-    scores = kcaps.models.classifier(model).predict(data.x_test, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(scores, axis=-1) == data.y_test))
+    return recipe.evaluate(model, data.x_test, data.y_test)["accuracy"]
 
 
 def cmd_prune(args):
@@ -38,6 +40,13 @@ def cmd_prune(args):
     ratios = _layer_ratios(args.layer_ratio) if args.layer_ratio else args.ratio
     if ratios is None:
         raise ValueError("give --ratio (every conv and primary capsule layer) or --layer-ratio")
+    config = None  # the fine-tuning recipe: Adam at a fixed rate (every flag checked here)
+    if args.epochs:
+        config = recipe.TrainConfig(
+            dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, lr_policy="fixed",
+            max_shift=args.max_shift, seed=args.seed, verbose=args.verbose,
+            output_dir=args.output)
     model = tf.keras.models.load_model(args.model_path)
     kcaps.pruning.surgery.layer_ratios(model, ratios)  # bad ratios and layers fail before data loads
     data = datasets.load(args.dataset, args.data_dir)
@@ -46,15 +55,10 @@ def cmd_prune(args):
     small = kcaps.pruning.prune_channels(model, ratios, args.criterion,
                                          data=data.x_train[:args.samples])
     pruned_accuracy = _accuracy(small, data)
-    tf.keras.utils.set_random_seed(args.seed)
-    small.compile(tf.keras.optimizers.Adam(args.learning_rate))
     os.makedirs(args.output, exist_ok=True)
-    if args.epochs:
-        train = datasets.pipeline(data.x_train, data.y_train, args.batch_size, shuffle=True,
-                                  max_shift=args.max_shift, seed=args.seed)
-        small.fit(train, epochs=args.epochs, verbose=args.verbose, callbacks=[
-            kcaps.callbacks.EpochTimer(),
-            tf.keras.callbacks.CSVLogger(os.path.join(args.output, "log.csv"))])
+    if config is not None:
+        tf.keras.utils.set_random_seed(args.seed)
+        recipe.fit(small, data, config, output_dir=args.output)
     small.save(os.path.join(args.output, "model.keras"))
     after = {"parameters": int(small.count_params()), "accuracy": _accuracy(small, data),
              "flops": kcaps.pruning.count_flops(kcaps.models.classifier(small)),

@@ -28,29 +28,15 @@ import json
 import os
 import re
 
-from kcaps_training import datasets, fast_training, pareto
+from kcaps_training import config as config_lib
+from kcaps_training import datasets, pareto
 from kcaps_training import train as recipe
 
-# grid key -> parser of one value from the command line
-GRID_KEYS = {
-    "lr_policy": str,
-    "batch_policy": str,
-    "weight_sharing": fast_training.parse_weight_sharing,
-    "sharing_order": str,
-    "routing_iterations": int,
-    "epochs": int,
-    "warm_epochs": int,
-    "warm_batch_size": int,
-    "adabatch_size": int,
-    "batch_size": int,
-    "learning_rate": float,
-    "decay_steps": int,
-    "squash": str,
-    "decoder": lambda value: fast_training.DECODERS.get(value, value),
-    "model": str,
-    "seed": int,
-    "steps_per_execution": int,
-}
+# grid keys (TrainConfig fields), each value parsed as its `kcaps train` flag is
+GRID_KEYS = ("lr_policy", "batch_policy", "weight_sharing", "sharing_order", "routing_iterations",
+             "epochs", "warm_epochs", "warm_batch_size", "adabatch_size", "batch_size",
+             "learning_rate", "decay_steps", "squash", "decoder", "model", "seed",
+             "steps_per_execution")
 TIME_KEYS = ("fastrcaps_seconds", "seconds_to_best", "total_seconds", "fastrcaps_cpu_seconds",
              "total_cpu_seconds")
 ACCURACY_KEYS = ("best_accuracy", "final_accuracy")
@@ -74,7 +60,7 @@ def parse_grid(tokens):
         if not sep or not values.strip():
             raise ValueError(f"sweep grid entries are KEY=V1,V2,...; got {token!r}")
         check_key(key)
-        grid[key] = [GRID_KEYS[key](v.strip()) for v in values.split(",")]
+        grid[key] = [config_lib.parse_value(key, v.strip()) for v in values.split(",")]
     return grid
 
 
@@ -227,15 +213,3 @@ def print_rows(rows, time_key, accuracy_key):
     print(f"\nPareto set ({accuracy_key} against {time_key}):")
     for r in pareto.pareto_front(rows, time_key, accuracy_key):
         print(f"  {r['point']}: {100 * r[accuracy_key]:.2f}% in {r[time_key]:.1f} s")
-
-
-def cmd_sweep(args):
-    from kcaps_training import cli
-
-    base = cli.config_from_args(args, output_dir=args.output)
-    grids = [parse_grid(tokens) for tokens in args.grid]
-    rows = run_sweep(base, grids, args.output, time_key=args.time_metric,
-                     accuracy_key=args.accuracy_metric)
-    print_rows(rows, args.time_metric, args.accuracy_metric)
-    print(f"\noutputs: {args.output}/sweep.csv, {args.output}/pareto.png, {args.output}/points/")
-    return 0
