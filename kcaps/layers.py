@@ -152,6 +152,10 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
       stop_routing_gradient: stop the gradient through u_hat in the routing iterations before
         the last (`kcaps.routing.dynamic_routing`'s `stop_gradient`): same outputs, an
         approximate and cheaper gradient. Default False (the exact gradient).
+      bias_initializer: initializer of that bias (default "zeros"). Peer et al.'s *bias routing*
+        ("Limitation of Capsule Networks", 2021) for deep stacks is `use_bias=True,
+        bias_initializer=tf.keras.initializers.Constant(0.1)`: every s_j starts at least
+        `0.1 sqrt(capsule_dim)` long, so no layer starts silent whatever the depth.
       kernel_initializer: default `kcaps.initializers.CapsuleFanIn()` (variance 1 / input_dim per
         matrix; see its docstring for why not Glorot).
 
@@ -163,7 +167,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
                  weight_sharing=None, capsule_types=None, squash="squash", use_bias=False,
                  kernel_initializer=None, kernel_regularizer=None,
                  kernel_constraint=None, sharing_order="position_major",
-                 stop_routing_gradient=False, **kwargs):
+                 stop_routing_gradient=False, bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         self.stop_routing_gradient = bool(stop_routing_gradient)
         self.num_capsules = _checks.positive_int("CapsuleDense", "num_capsules", num_capsules)
@@ -179,6 +183,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.squash = squash
         self._squash = ops.get_squash(squash)
         self.use_bias = bool(use_bias)
+        self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         projection_name, self._agreement = ROUTING_VARIANTS[routing]
         self.projection = getattr(projections, projection_name)(
             self.num_capsules, self.capsule_dim, weight_sharing=weight_sharing,
@@ -199,7 +204,8 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
-                name="bias", shape=(self.num_capsules, self.capsule_dim), initializer="zeros")
+                name="bias", shape=(self.num_capsules, self.capsule_dim),
+                initializer=self.bias_initializer)
         super().build(input_shape)
 
     def call(self, inputs):
@@ -247,6 +253,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
             num_capsules=self.num_capsules, capsule_dim=self.capsule_dim, routing=self.routing,
             routing_iterations=self.routing_iterations, squash=self.squash, use_bias=self.use_bias,
             stop_routing_gradient=self.stop_routing_gradient,
+            bias_initializer=tf.keras.initializers.serialize(self.bias_initializer),
             **{key: projection[key] for key in (
                 "weight_sharing", "capsule_types", "sharing_order", "kernel_initializer",
                 "kernel_regularizer", "kernel_constraint")},
