@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from kcaps import _checks, _optional, ops, projections, routing
+from kcaps import _checks, _optional, ops, projections, prunable_view, routing
 
 _register = tf.keras.utils.register_keras_serializable(package="kcaps")
 
@@ -218,8 +218,19 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         return tf.TensorShape([input_shape[0], self.num_capsules, self.capsule_dim])
 
     def get_prunable_weights(self):
-        """The transformation matrices (for XnODR, the latent float weights behind the signs)."""
-        return [self.projection.kernel]
+        """The transformation matrices (for XnODR, the latent float weights behind the signs).
+
+        Returned as a `kcaps.prunable_view.PermutedWeight` with `input_dim` (the axis `u_hat =
+        W u` sums over) moved to axis 2, where tfmot's `sparsity_m_by_n` groups a rank-4 weight:
+        2:4 pruning then zeroes 2 of every 4 consecutive weights along `input_dim`. Under a
+        distribution strategy (a mirrored kernel) tfmot's update accepts only variables, so the
+        kernel itself is returned: magnitude pruning is unaffected, 2:4 groups fall across the
+        output capsules there (tfmot's reading of a rank-4 kernel).
+        """
+        kernel = self.projection.kernel
+        if isinstance(kernel, tf.distribute.DistributedValues):
+            return [kernel]
+        return [prunable_view.PermutedWeight(kernel, (0, 2, 1, 3))]
 
     def macs(self):
         """Multiply-accumulates per example as `{bits: count}` (1 = binary, 32 = float).
