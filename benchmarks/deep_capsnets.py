@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import kcaps  # first: it selects Keras 2 before TensorFlow is imported
 import numpy as np
@@ -77,7 +78,9 @@ def cached(path, args, run):
             return json.load(f)
     if args.print_only:
         return None
+    start = time.process_time()
     result = run()
+    result["cpu_seconds"] = time.process_time() - start  # this process, all threads
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
     return result
