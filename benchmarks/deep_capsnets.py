@@ -3,6 +3,7 @@
     nice -n 10 python -m benchmarks.deep_capsnets --table grid     # depth x dim x capsules x init
     nice -n 10 python -m benchmarks.deep_capsnets --table pruning  # pruned vs unpruned, same epochs
     nice -n 10 python -m benchmarks.deep_capsnets --table both --print-only   # tables from JSON
+    nice -n 10 python -m benchmarks.deep_capsnets --table step0    # lengths at step 0, no training
 
 Model: `kcaps.models.deep_capsnet` narrowed for CPUs (conv 9x9 x`--conv-filters` (he_normal) ->
 `--primary-types` primary types of 8-D, 9x9 stride 2 (6x6 positions) -> `depth` intermediate
@@ -145,6 +146,29 @@ def pruning_cell(args, data, mode, criterion, ratio, seed):
     return result
 
 
+def step0_table(args, data):
+    """Step 0 only (no training): mean length per routed layer and how much it depends on the input."""
+    print(f"\n## step 0 (no training), {args.held} held images: per capsule layer mean length "
+          f"[input dependence: RMS over capsules of the std across images of v, / mean length]")
+    held = data.x_train[:args.held]
+    for init in args.inits.split(","):
+        for depth in [int(v) for v in args.depths.split(",")]:
+            for dim in [int(v) for v in args.dims.split(",")]:
+                for caps in [int(v) for v in args.capsules.split(",")]:
+                    tf.keras.utils.set_random_seed(0)
+                    model = build(args, depth, dim, caps, init)
+                    names = kcaps.activity.capsule_layers(model)
+                    probe = tf.keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+                    cells = []
+                    for name, v in zip(names, probe.predict(held, batch_size=256, verbose=0)):
+                        length = np.linalg.norm(v, axis=-1).mean()
+                        spread = np.sqrt(np.mean(np.sum(v.var(axis=0), axis=-1)))
+                        cells.append(f"{name.replace('capsules', 'c').replace('primary_c', 'prim')} "
+                                     f"{length:.2g} [{spread / max(length, 1e-30):.2g}]")
+                    print(f"  {init:>22} depth {depth} dim {dim:>2} caps {caps}: " + "  ".join(cells),
+                          flush=True)
+
+
 def fmt_layers(stats):
     return " ".join(f"{n.replace('capsules', 'c').replace('primary_c', 'prim')} "
                     f"{v[0]:.2f}/{v[1]:.2g}" for n, v in stats.items())
@@ -202,7 +226,7 @@ def print_pruning(rows, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--table", choices=("grid", "pruning", "both"), default="both")
+    parser.add_argument("--table", choices=("step0", "grid", "pruning", "both"), default="both")
     parser.add_argument("--inits", default="fan_in,length_preserving")
     parser.add_argument("--depths", default="1,3,5")
     parser.add_argument("--dims", default="8,16,32")
@@ -242,6 +266,8 @@ def main(argv=None):
     print(f"real digits: {len(data.x_train)} train / {len(data.x_test)} test; conv "
           f"{args.conv_filters}, {args.primary_types} primary types; Adam {args.lr} x 0.9/epoch",
           flush=True)
+    if args.table == "step0":
+        step0_table(args, data)
     if args.table in ("grid", "both"):
         rows = []
         for init in args.inits.split(","):
