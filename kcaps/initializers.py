@@ -40,7 +40,10 @@ class CapsuleFanIn(tf.keras.initializers.Initializer):
 
 @tf.keras.utils.register_keras_serializable(package="kcaps")
 class CapsuleLengthPreserving(tf.keras.initializers.Initializer):
-    """Capsule matrices scaled so that routed layers start with live capsules at any depth.
+    """Capsule matrices scaled so that routing's first iteration gives `|s_j| ~ target_norm`.
+
+    Deep capsule stacks that die at step 0 with `CapsuleFanIn` start with longer capsules and
+    train with this init (measured up to 5 intermediate layers; below, and in the notes).
 
     **Why deep stacks die at step 0.** Routing's first iteration has `c_ij = 1 / J` (J output
     capsules), so `s_j = (1/J) sum_i W_ij u_i` is an *average* of the N input predictions. With
@@ -61,17 +64,24 @@ class CapsuleLengthPreserving(tf.keras.initializers.Initializer):
 
         sigma^2 = (target_norm / input_length)^2 * J^2 / (N * d_out).
 
-    With `target_norm=1` the first iteration gives `|v| = squash(1) = 0.5`, which is again the
-    `input_length=0.5` the next layer assumed: a fixed point of the stack at every depth (measured
-    with one routing iteration: 0.62, 0.58, 0.55, 0.55, 0.54, 0.53 over 5 + 1 layers). But the
-    later routing iterations concentrate the coupling coefficients (s becomes a sum rather than an
-    average) and lengthen s: with 3 iterations and `target_norm=1` the lengths sit at 0.8-0.99,
-    the class capsules at ~0.94, where the squash is flat and the margin loss cannot push the
-    wrong classes down (measured: a 5-layer net does not learn in 2 epochs). The default
-    `target_norm=0.5` gives, with 3 iterations, lengths 0.62 -> 0.12 through 5 + 1 routed layers
-    of 16-D (all live) and the 5-layer net learns (72% after 2 epochs on 1,280 digits; kcaps'
-    old init: dead, 10%); `target_norm=0.25` collapses again (a fixed point exists only above
-    some scale). Figures: `docs/notes/issue21.md`. N, J and d_out are read from the kernel shape `(N, d_in, J, d_out)`; with
+    This removes the per-layer factor `sqrt(N d_out / d_in) / J` (0.18 above) from the map
+    between layers; what is left is the squash. With `k = target_norm / input_length`, inputs of
+    length l give `|s| ~ k l` and `|v| ~ g(k l)`, `g(x) = x^2 / (1 + x^2)`. A non-zero fixed point
+    `l = g(k l)` exists only for `k >= 2` (`k^2 l^2 - k^2 l + 1 = 0`): at k = 2 it is l = 0.5
+    (marginally stable), above it the stable one moves towards 1. So no setting is both stable
+    through any depth and short: `target_norm=1` (k = 2) holds the lengths with one routing
+    iteration (measured: 0.62, 0.58, 0.55, 0.55, 0.54, 0.53 over 5 + 1 layers), but the two later
+    routing iterations concentrate the coupling coefficients (s becomes a sum, not an average) and
+    push every layer to 0.8-0.99, where routing saturates: measured, a 5-layer net of 16-D or
+    32-D capsules does not learn (10% after 2 epochs on 1,280 digits, even with the class layer
+    scaled down). The default `target_norm=0.5` (k = 1) keeps the quadratic map but without the
+    0.18 factor, so lengths fall slowly instead of doubly exponentially (step 0, 5 layers of 32
+    capsules, 3 iterations: 16-D 0.62 -> 0.51 -> 0.42 -> 0.33 -> 0.25 -> class 0.12; 32-D 0.49 ->
+    0.29 -> 0.11 -> 0.019 -> 0.001 -> 7e-6) and 5-layer nets learn (72% for 16-D and 83% for 32-D
+    after 2 epochs on 1,280 digits, where `CapsuleFanIn` stays at 10%); `target_norm=0.25` is dead
+    again, `0.7` learns slowly (24%). Figures and commands: `docs/notes/issue21.md`.
+
+    N, J and d_out are read from the kernel shape `(N, d_in, J, d_out)`; with
     weight sharing the first axis counts matrices, not input capsules, and the scale comes out
     too large by sqrt(capsules / matrices) (still live, not dead). The primary capsules' own length
     depends on the convolutions (he_normal: ~0.66).

@@ -55,7 +55,8 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
       capsule_init: kernel initializer of every routed capsule layer: "fan_in"
         (`kcaps.initializers.CapsuleFanIn`, kcaps' default: with >= 3 intermediate layers the
         capsules vanish at step 0 and the stack does not train) or "length_preserving"
-        (`kcaps.initializers.CapsuleLengthPreserving`, derived to keep |s| ~ 1 through depth),
+        (`kcaps.initializers.CapsuleLengthPreserving`: |s| ~ 0.5 at every layer's first
+        routing iteration; 5-layer stacks start live and train, see its docstring),
         or an initializer object (overridden by an explicit `kernel_initializer=`).
       bias_routing: Peer et al.'s bias routing: every routed layer adds a learned bias to s_j,
         initialized to 0.1 (`use_bias=True, bias_initializer=Constant(0.1)`).
