@@ -91,11 +91,11 @@ def main(argv=None):
     print(f"\nsmall_capsnet, {args.epochs} epochs, then {args.finetune_epochs} epochs dense or "
           "under 2:4 pruning; measured sparsity of the stripped 2:4 model:")
     rows = kcaps.pruning.sparsity_report(sparse)
-    print("| layer | weight | shape | sparsity | 2:4 groups along tfmot's axis |")
-    print("|---|---|---|---|---|")
+    print("| layer | weight | shape | sparsity | reduction axis | 2:4 groups along it |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['layer']} | {row['weight']} | {row['shape']} | {row['sparsity']:.3f} | "
-              f"{row['m_by_n']} |")
+              f"{row['axis']} | {row['m_by_n']} |")
     print(f"all prunable weights: {kcaps.pruning.summarize(rows)['sparsity']:.3f} zeros")
 
     files = {}

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
-from kcaps import _checks, _optional, ops, projections, routing
+from kcaps import _checks, _optional, ops, projections, prunable_view, routing
 
 _register = tf.keras.utils.register_keras_serializable(package="kcaps")
 
@@ -152,6 +152,10 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
       stop_routing_gradient: stop the gradient through u_hat in the routing iterations before
         the last (`kcaps.routing.dynamic_routing`'s `stop_gradient`): same outputs, an
         approximate and cheaper gradient. Default False (the exact gradient).
+      bias_initializer: initializer of that bias (default "zeros"). Peer et al.'s *bias routing*
+        ("Limitation of Capsule Networks", 2021) for deep stacks is `use_bias=True,
+        bias_initializer=tf.keras.initializers.Constant(0.1)`: every s_j starts at least
+        `0.1 sqrt(capsule_dim)` long, so no layer starts silent whatever the depth.
       kernel_initializer: default `kcaps.initializers.CapsuleFanIn()` (variance 1 / input_dim per
         matrix; see its docstring for why not Glorot).
 
@@ -163,7 +167,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
                  weight_sharing=None, capsule_types=None, squash="squash", use_bias=False,
                  kernel_initializer=None, kernel_regularizer=None,
                  kernel_constraint=None, sharing_order="position_major",
-                 stop_routing_gradient=False, **kwargs):
+                 stop_routing_gradient=False, bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         self.stop_routing_gradient = bool(stop_routing_gradient)
         self.num_capsules = _checks.positive_int("CapsuleDense", "num_capsules", num_capsules)
@@ -179,6 +183,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.squash = squash
         self._squash = ops.get_squash(squash)
         self.use_bias = bool(use_bias)
+        self.bias_initializer = tf.keras.initializers.get(bias_initializer)
         projection_name, self._agreement = ROUTING_VARIANTS[routing]
         self.projection = getattr(projections, projection_name)(
             self.num_capsules, self.capsule_dim, weight_sharing=weight_sharing,
@@ -199,7 +204,8 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(
-                name="bias", shape=(self.num_capsules, self.capsule_dim), initializer="zeros")
+                name="bias", shape=(self.num_capsules, self.capsule_dim),
+                initializer=self.bias_initializer)
         super().build(input_shape)
 
     def call(self, inputs):
@@ -212,8 +218,19 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         return tf.TensorShape([input_shape[0], self.num_capsules, self.capsule_dim])
 
     def get_prunable_weights(self):
-        """The transformation matrices (for XnODR, the latent float weights behind the signs)."""
-        return [self.projection.kernel]
+        """The transformation matrices (for XnODR, the latent float weights behind the signs).
+
+        Returned as a `kcaps.prunable_view.PermutedWeight` with `input_dim` (the axis `u_hat =
+        W u` sums over) moved to axis 2, where tfmot's `sparsity_m_by_n` groups a rank-4 weight:
+        2:4 pruning then zeroes 2 of every 4 consecutive weights along `input_dim`. Under a
+        distribution strategy (a mirrored kernel) tfmot's update accepts only variables, so the
+        kernel itself is returned: magnitude pruning is unaffected, 2:4 groups fall across the
+        output capsules there (tfmot's reading of a rank-4 kernel).
+        """
+        kernel = self.projection.kernel
+        if isinstance(kernel, tf.distribute.DistributedValues):
+            return [kernel]
+        return [prunable_view.PermutedWeight(kernel, (0, 2, 1, 3))]
 
     def macs(self):
         """Multiply-accumulates per example as `{bits: count}` (1 = binary, 32 = float).
@@ -247,6 +264,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
             num_capsules=self.num_capsules, capsule_dim=self.capsule_dim, routing=self.routing,
             routing_iterations=self.routing_iterations, squash=self.squash, use_bias=self.use_bias,
             stop_routing_gradient=self.stop_routing_gradient,
+            bias_initializer=tf.keras.initializers.serialize(self.bias_initializer),
             **{key: projection[key] for key in (
                 "weight_sharing", "capsule_types", "sharing_order", "kernel_initializer",
                 "kernel_regularizer", "kernel_constraint")},

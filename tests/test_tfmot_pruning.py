@@ -106,21 +106,61 @@ def _numpy_two_of_four_along(values, axis):
     return bool(np.all(np.count_nonzero(rows.reshape(len(rows), -1, 4), axis=-1) <= 2))
 
 
+def _numpy_two_of_four_mask(values, axis):
+    """Keep the 2 largest |w| of every 4 consecutive weights along `axis`; a last group of r < 4
+    real weights is padded with zeros (tfmot's padding) and keeps min(r, 2) of them."""
+    moved = np.moveaxis(np.abs(values), axis, -1)
+    length = moved.shape[-1]
+    padded = np.pad(moved, [(0, 0)] * (moved.ndim - 1) + [(0, (-length) % 4)])
+    groups = padded.reshape(*padded.shape[:-1], -1, 4)
+    ranks = np.argsort(np.argsort(-groups, axis=-1, kind="stable"), axis=-1)
+    keep = (ranks < 2).reshape(padded.shape)[..., :length]
+    return np.moveaxis(keep, -1, axis)
+
+
+def _stored_kernel(model, name):
+    layer = model.get_layer(name)
+    return (layer.conv if isinstance(layer, kcaps.layers.PrimaryCapsules) else layer).kernel.numpy()
+
+
 @pytest.mark.slow
-def test_two_of_four_sparsity_runs_along_tfmots_axis(tmp_path):
+def test_two_of_four_sparsity_runs_along_the_reduction_axis(tmp_path):
     model = kcaps.models.small_capsnet()
+    initial = {name: _stored_kernel(model, name)
+               for name in ("conv2", "primary_capsules", "class_capsules")}
     pruned, _ = _fit_pruned(model, tmp_path, epochs=1, sparsity_m_by_n=(2, 4),
                             pruning_schedule=sparsity.ConstantSparsity(0.5, 0))
     stripped = sparsity.strip_pruning(pruned)
     rows = {row["layer"]: row for row in pruning.sparsity_report(stripped)}
-    conv = stripped.get_layer("conv2").kernel.numpy()  # [h, w, cin, cout]: groups along cin
-    assert _numpy_two_of_four_along(conv, axis=2) and rows["conv2"]["m_by_n"]
-    assert rows["conv2"]["sparsity"] == pytest.approx(0.5)
-    # The capsule kernel (num_in, input_dim, J, K) is read as a conv kernel: groups along J,
-    # the 10 class capsules (4 + 4 + 2 real weights per row: 4 zeros of 10), not along input_dim.
+    # The mask is computed once, at the first step, from the initial weights: NumPy predicts it.
+    for name, axis in (("conv2", 2), ("primary_capsules", 2), ("class_capsules", 1)):
+        kernel = _stored_kernel(stripped, name)
+        np.testing.assert_array_equal(kernel != 0, _numpy_two_of_four_mask(initial[name], axis))
+        assert _numpy_two_of_four_along(kernel, axis) and rows[name]["m_by_n"], name
+        assert rows[name]["axis"] == axis and rows[name]["sparsity"] == 0.5, name
+    # class capsules (128, 8, 10, 8): the groups run along input_dim = 8, not across the 10
+    # capsules (tfmot's reading of a rank-4 kernel, 40% zeros before kcaps' PermutedWeight).
     kernel = stripped.get_layer("class_capsules").kernel.numpy()
-    assert _numpy_two_of_four_along(kernel, axis=2) and rows["class_capsules"]["m_by_n"]
-    assert not _numpy_two_of_four_along(kernel, axis=1)
-    assert rows["class_capsules"]["sparsity"] == pytest.approx(0.4)
-    # conv1 has one input channel: each group holds 1 real weight, so nothing is pruned.
-    assert rows["conv1"]["sparsity"] == 0.0
+    assert not _numpy_two_of_four_along(kernel, axis=2)
+    # conv1 has one input channel: its one-weight groups are padded and nothing is pruned.
+    assert rows["conv1"]["sparsity"] == 0.0 and rows["conv1"]["m_by_n"]
+
+
+@pytest.mark.parametrize("input_dim, zeros", [(5, 2), (6, 2), (7, 3), (12, 6)])
+def test_two_of_four_on_a_reduction_axis_that_is_not_a_multiple_of_4(input_dim, zeros):
+    # No error: tfmot pads the last partial group of r < 4 weights with zeros, and it keeps
+    # min(r, 2) of them: input_dim 5 = 4 + 1 -> 2 zeros of 5; 6 = 4 + 2 -> 2; 7 = 4 + 3 -> 3.
+    inputs = tf.keras.Input((12, input_dim))
+    capsules = kcaps.layers.CapsuleDense(10, 4, name="caps")(inputs)
+    model = tf.keras.Model(inputs, kcaps.layers.CapsuleLength()(capsules))
+    initial = model.get_layer("caps").kernel.numpy()
+    pruned = sparsity.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+    pruned.compile(tf.keras.optimizers.SGD(1e-3), loss="mse")
+    x = RNG.normal(size=(16, 12, input_dim)).astype(np.float32)
+    pruned.fit(x, np.zeros((16, 10), np.float32), batch_size=8, epochs=1, verbose=0,
+               callbacks=[sparsity.UpdatePruningStep()])
+    kernel = sparsity.strip_pruning(pruned).get_layer("caps").kernel.numpy()
+    np.testing.assert_array_equal(kernel != 0, _numpy_two_of_four_mask(initial, axis=1))
+    assert np.mean(kernel == 0) == pytest.approx(zeros / input_dim)
+    assert pruning.has_m_by_n(np.moveaxis(kernel, 1, 2))  # as tfmot sees it, padded groups
+

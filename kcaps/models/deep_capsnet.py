@@ -11,10 +11,15 @@ capsules of 16-D.
 """
 import tensorflow as tf
 
-from kcaps import _checks
+from kcaps import _checks, initializers
+from kcaps.registry import Registry
 from kcaps.layers import CapsuleDense, PrimaryCapsules
 from kcaps.models.capsnet import capsule_head, image_input
 from kcaps.losses import ChannelCorrelationLoss
+
+CAPSULE_INITS = Registry("capsule initializer")
+CAPSULE_INITS.register("fan_in", initializers.CapsuleFanIn)
+CAPSULE_INITS.register("length_preserving", initializers.CapsuleLengthPreserving)
 
 
 def _per_layer(owner, field, value, count):
@@ -29,7 +34,8 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
                  intermediate_capsules=32, intermediate_dims=12, capsule_dim=16,
                  conv_filters=512, conv_kernel=9, primary_types=64, primary_dim=8,
                  primary_kernel=9, primary_strides=2, routing_iterations=3, decoder=False,
-                 ccm_weight=0.0, conv_initializer="he_normal", **capsule_kwargs):
+                 ccm_weight=0.0, conv_initializer="he_normal", capsule_init="fan_in",
+                 bias_routing=False, **capsule_kwargs):
     """Conv (ReLU) -> primary capsules -> `num_intermediate` capsule layers -> class capsules.
 
     Args:
@@ -46,6 +52,14 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
         convolution; "he_normal" as in Peer et al.'s code. (With Keras's glorot_uniform and a
         narrow convolution the primary capsules start ~0.01 long, and through the squash every
         routed layer above starts at ~0: the whole stack is silent and does not train.)
+      capsule_init: kernel initializer of every routed capsule layer: "fan_in"
+        (`kcaps.initializers.CapsuleFanIn`, kcaps' default: with >= 3 intermediate layers the
+        capsules vanish at step 0 and the stack does not train) or "length_preserving"
+        (`kcaps.initializers.CapsuleLengthPreserving`: |s| ~ 0.5 at every layer's first
+        routing iteration; 5-layer stacks start live and train, see its docstring),
+        or an initializer object (overridden by an explicit `kernel_initializer=`).
+      bias_routing: Peer et al.'s bias routing: every routed layer adds a learned bias to s_j,
+        initialized to 0.1 (`use_bias=True, bias_initializer=Constant(0.1)`).
       capsule_kwargs: passed to every `CapsuleDense` (e.g. `use_bias=True`, `routing=`,
         `kernel_initializer=`).
 
@@ -62,6 +76,12 @@ def deep_capsnet(input_shape=(28, 28, 1), num_classes=10, num_intermediate=4,
     dims = _per_layer(owner, "intermediate_dims", intermediate_dims, num_intermediate)
     if not ccm_weight >= 0:
         raise ValueError(f"{owner}: `ccm_weight` must be >= 0, got {ccm_weight!r}")
+    if "kernel_initializer" not in capsule_kwargs:
+        init = CAPSULE_INITS.get(capsule_init)  # a name, or an initializer passed through
+        capsule_kwargs["kernel_initializer"] = init() if isinstance(init, type) else init
+    if bias_routing:
+        capsule_kwargs.setdefault("use_bias", True)
+        capsule_kwargs.setdefault("bias_initializer", tf.keras.initializers.Constant(0.1))
     image = image_input(owner, input_shape, min_size=conv_kernel + primary_kernel - 1)
     h = tf.keras.layers.Conv2D(_checks.positive_int(owner, "conv_filters", conv_filters),
                                conv_kernel, activation="relu", kernel_initializer=conv_initializer,

@@ -3,13 +3,14 @@
 `sparsity_report` counts the zeros in each layer's prunable weights - the kernels that tfmot's
 `prune_low_magnitude` masks (a kcaps layer's `get_prunable_weights()`, else the Keras kernel) -
 of a model with or without tfmot's wrappers. Its `m_by_n` column says whether every group of 4
-consecutive weights along the axis tfmot uses holds at least 2 zeros. tfmot treats a rank-4
-weight as a convolution kernel `[h, w, cin, cout]` and groups along `cin` (the reduction axis of
-TFLite's `[cout, h, w, cin]` layout). For a `CapsuleDense` kernel `(num_in, input_dim,
-num_capsules, capsule_dim)` that axis is `num_capsules`: tfmot's 2:4 groups run across output
-capsules, not along `input_dim` (the axis `u_hat = W u` sums over), so the capsule kernel's 2:4
-pattern is not the pattern a 2:4 matmul engine would need; and with 10 class capsules the last
-group of each row holds only 2 real weights, so the kernel ends at 40% sparsity, not 50%.
+consecutive weights along the weight's *reduction axis* (column `axis`, in the stored layout)
+holds at least 2 zeros; a last partial group (axis length not a multiple of 4) is padded with
+zeros, as tfmot pads it. The reduction axis is the one tfmot groups along: a convolution's input
+channels (axis 2 of `[h, w, cin, cout]`), a Dense layer's inputs (axis 0), and for a
+`CapsuleDense` kernel `(num_in, input_dim, num_capsules, capsule_dim)` axis 1, `input_dim`, the
+axis `u_hat = W u` sums over: kcaps hands tfmot that kernel as a `kcaps.prunable_view.
+PermutedWeight` with `input_dim` moved where tfmot groups (without it, tfmot read the kernel as
+a convolution and grouped across output capsules: 40% zeros with 10 class capsules).
 
 `count_flops` asks TensorFlow's own profiler for the floating-point operations of one inference
 (a multiply-add counts 2), routing included.
@@ -28,7 +29,7 @@ _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
 
 
 def prunable_weights(layer):
-    """The weights tfmot prunes in `layer` (looking through tfmot's wrapper)."""
+    """The weights tfmot prunes in `layer` (looking through tfmot's wrapper), as tfmot sees them."""
     layer = unwrap(layer)
     if hasattr(layer, "get_prunable_weights"):
         return list(layer.get_prunable_weights())
@@ -36,29 +37,40 @@ def prunable_weights(layer):
 
 
 def sparsity_report(model, m_by_n=(2, 4)):
-    """One row per prunable weight: layer, weight, shape, zeros, size, sparsity, m_by_n.
+    """One row per prunable weight: layer, weight, shape, axis, zeros, size, sparsity, m_by_n.
 
     Args:
       model: a Keras model, with or without tfmot's pruning wrappers.
-      m_by_n: the (zeros, group) pattern to check along tfmot's axis (module doc).
+      m_by_n: the (zeros, group) pattern to check along the reduction axis (module doc).
     Returns:
-      A list of dicts; `summarize(rows)` gives the totals.
+      A list of dicts (`shape` is the stored shape, `axis` the reduction axis in it);
+      `summarize(rows)` gives the totals.
     """
     rows = []
     for layer in model.layers:
         for weight in prunable_weights(layer):
-            values = weight.numpy()
+            stored = getattr(weight, "variable", weight)  # a PermutedWeight's variable
+            values = stored.numpy()
             zeros = int(np.count_nonzero(values == 0))
             rows.append({
                 "layer": unwrap(layer).name,
-                "weight": weight.name.split("/")[-1].split(":")[0],
+                "weight": stored.name.split("/")[-1].split(":")[0],
                 "shape": tuple(values.shape),
+                "axis": reduction_axis(weight),
                 "zeros": zeros,
                 "size": int(values.size),
                 "sparsity": zeros / values.size if values.size else 0.0,
-                "m_by_n": has_m_by_n(values, m_by_n),
+                "m_by_n": has_m_by_n(weight.numpy(), m_by_n),
             })
     return rows
+
+
+def reduction_axis(weight):
+    """The axis of the stored weight along which tfmot forms its m-by-n groups (None: rank not 2/4)."""
+    rank = len(weight.shape)
+    axis = {4: 2, 2: 0}.get(rank)
+    perm = getattr(weight, "perm", None)
+    return perm[axis] if perm is not None and axis is not None else axis
 
 
 def summarize(rows):
@@ -71,9 +83,10 @@ def summarize(rows):
 def has_m_by_n(values, m_by_n=(2, 4)):
     """Whether every group of n along tfmot's axis holds at least m zeros (None if rank not 2/4).
 
-    The groups are those of `tfmot...pruning_utils.weights_rearrange`: a rank-4 kernel is read
-    as `[cout, h, w, cin]` rows grouped along `cin`, a rank-2 one as `[out, in]` grouped along
-    `in`; a row's last group is padded with zeros.
+    `values` as tfmot sees them (a `PermutedWeight`'s `numpy()`). The groups are those of
+    `tfmot...pruning_utils.weights_rearrange`: a rank-4 kernel is read as `[cout, h, w, cin]`
+    rows grouped along `cin` (axis 2), a rank-2 one as `[out, in]` grouped along `in` (axis 0);
+    a row's last group is padded with zeros.
     """
     zeros, n = m_by_n
     values = np.asarray(values)
