@@ -42,7 +42,7 @@ import tensorflow as tf
 
 from benchmarks.common import print_table
 from kcaps.models.efficient_capsnet import CONVOLUTIONS
-from kcaps_tflite import benchmark, convert, micro
+from kcaps_tflite import benchmark, convert, pipeline
 from kcaps_training import datasets
 from kcaps_training import train as recipe
 
@@ -200,18 +200,23 @@ def trained(model, seed, epochs, data, output):
     return out, recipe.train(config, data=data).metrics
 
 
-def deployment(path, data, num_runs, rounds):
-    """int8 size, TFLite Micro arena of the microcontroller build, host latency (us)."""
-    model = convert.load_model(path / "model.keras")
-    sample = data.x_train[:200]
-    int8 = convert.convert(model, "int8", representative_data=sample)
-    for_micro = convert.convert(model, "int8", representative_data=sample, **convert.MICRO_BUILD)
-    report = micro.analyze(for_micro, data.x_test[:500], data.y_test[:500], targets=())
-    tflite = path / "int8.tflite"
-    convert.save(int8, tflite)
-    return {"int8 bytes": len(int8), "micro bytes": len(for_micro),
-            "arena bytes": report.arena_bytes,
-            "micro top-1 vs LiteRT": report.agreement_with_litert, "tflite": tflite}
+def deployment(path, data, num_runs):
+    """The deployment pipeline (`kcaps_tflite.pipeline`) on the saved model, int8 builds only:
+    int8 size, TFLite Micro arena of the microcontroller build, agreement, host latency."""
+    config = pipeline.PipelineConfig(precisions=("int8",), micro_build=True, threads=(1,),
+                                     num_runs=num_runs, profile=False, verify_samples=500,
+                                     micro_samples=200, targets=())
+    found = pipeline.run(path / "model.keras", path / "deployment", data.x_train, data.x_test,
+                         data.y_test, config=config, data_description=data.describe(),
+                         log=lambda line: None)
+    variants = {v["precision"]: v for v in found["variants"]}
+    micro_report = found["micro"][pipeline.MICRO_BUILD_NAME]
+    return {"int8 bytes": variants["int8"]["size_bytes"],
+            "micro build bytes": variants[pipeline.MICRO_BUILD_NAME]["size_bytes"],
+            "TFLM arena bytes": variants[pipeline.MICRO_BUILD_NAME]["arena_bytes"],
+            "int8 accuracy (500)": variants["int8"]["accuracy"],
+            "TFLM vs LiteRT (200)": micro_report["agreement_with_litert"],
+            "tflite": found["builds"]["int8"]["file"]}
 
 
 def latencies(paths, rounds, num_runs):
@@ -270,7 +275,7 @@ def main(argv=None):
             continue
         accuracies = [results[(model, s)][1]["test_accuracy"] for s in seeds]
         path, metrics = results[(model, seeds[0])]
-        deploy = deployment(path, data, args.num_runs, args.rounds)
+        deploy = deployment(path, data, args.num_runs)
         paths[model] = deploy.pop("tflite")
         rows.append({
             "model": model, "seeds": " ".join(str(s) for s in seeds),

@@ -66,10 +66,10 @@ def squash_efficient(s, axis=-1, epsilon=EPSILON):
     """Efficient-CapsNet's squash (Mazzia et al., 2021): `v = (1 - 1 / exp(|s|)) s / |s|`.
 
     Like Sabour et al.'s it keeps the direction and maps the length into [0, 1), but it rises
-    faster: `|v| = 1 - exp(-|s|)`, so `|s| = 1` already gives 0.63 (Sabour's: 0.5). `|s|` is the
-    safe norm `sqrt(|s|^2 + epsilon)`, so the value (0) and the gradient (the identity, as the
-    limit at 0) are finite at s = 0; the authors add 1e-20 to `exp(|s|)` and to `|s|` instead,
-    which leaves the gradient at 0 undefined (NaN) in float32.
+    faster: `|v| = 1 - exp(-|s|)`, so `|s| = 1` already gives 0.63 (Sabour's: 0.5). Computed as
+    `s / max(|s|, sqrt(epsilon)) * (1 - exp(-sqrt(|s|^2 + epsilon)))`, so the value (0) and the
+    gradient (the identity, as the limit at 0) are finite at s = 0; the authors add 1e-20 to
+    `exp(|s|)` and to `|s|` instead, which leaves the gradient at 0 undefined (NaN) in float32.
 
     >>> import kcaps, tensorflow as tf
     >>> v = kcaps.ops.squash_efficient(tf.constant([[3.0, 4.0]]))
@@ -78,9 +78,14 @@ def squash_efficient(s, axis=-1, epsilon=EPSILON):
     """
     s, dtype = _in_float32(s)
     norm = tf.sqrt(tf.reduce_sum(s * s, axis=axis, keepdims=True) + epsilon)
-    # 1 - exp(-|s|) rather than expm1, and -1 * |s| rather than NEG: EXP and MUL are builtin
-    # ops of TFLite and TFLite Micro (TFLite Micro runs EXP in float: kcaps_tflite.float_islands).
-    v = s * ((1.0 - tf.exp(-1.0 * norm)) / norm)
+    # The unit vector times the length, both in [-1, 1]: converted to int8, every intermediate
+    # keeps a bounded range. `s * ((1 - exp(-|s|)) / |s|)` computes 1 / |s| on the way, whose
+    # int8 range is set by the shortest capsules, so long ones rounded to length 0 (measured:
+    # a class length of 0.998 became 0). l2_normalize converts to TFLite's L2_NORMALIZATION
+    # (int8 in LiteRT and TFLite Micro); -1 * |s| rather than NEG, and EXP rather than expm1,
+    # are builtin ops (TFLite Micro runs EXP in float: kcaps_tflite.float_islands).
+    unit = tf.math.l2_normalize(s, axis=axis, epsilon=epsilon)
+    v = unit * (1.0 - tf.exp(-1.0 * norm))
     return v if dtype is None else tf.cast(v, dtype)
 
 

@@ -63,3 +63,31 @@ def test_micro_build_runs_in_tflite_micro_like_litert(mnist_dir):
     # the squashes' SQRT and EXP (float-only kernels in TFLite Micro) are the only float islands
     assert {name.split("#")[0] for name in report.float_operators} == {"SQRT", "EXP"}
     assert report.arena_bytes < 128 * 1024
+
+
+def _int8_lengths(squash, s):
+    x = tf.keras.Input((10, 16))
+    model = tf.keras.Model(x, kcaps.layers.CapsuleLength()(tf.keras.layers.Lambda(squash)(x)))
+    flatbuffer = convert.convert(model, "int8", representative_data=s[:200], **convert.MICRO_BUILD)
+    return flatbuffer, verify.predict(flatbuffer, s[200:])
+
+
+def test_int8_efficient_squash_keeps_long_capsules_long():
+    """Capsules of length 0.3 ... 30 in one tensor: long ones must stay long in int8. Computed as
+    `s * ((1 - exp(-|s|)) / |s|)`, the int8 range of 1 / |s| is set by the short ones and long
+    capsules came out with length 0 (a trained model's 0.998 became 0)."""
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(400, 10, 16)).astype(np.float32)
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    s = directions * np.exp(rng.uniform(np.log(0.3), np.log(30.0), size=(400, 10, 1)))
+    long = np.linalg.norm(s[200:], axis=-1) > 5.0  # true length > 0.993
+
+    def naive(t):  # the same function through 1 / |s|
+        norm = tf.sqrt(tf.reduce_sum(t * t, axis=-1, keepdims=True) + 1e-7)
+        return t * ((1.0 - tf.exp(-1.0 * norm)) / norm)
+
+    _, naive_lengths = _int8_lengths(naive, s)
+    assert np.max(np.abs(naive_lengths[long] - 1.0)) > 0.1  # what went wrong
+    flatbuffer, lengths = _int8_lengths(kcaps.ops.squash_efficient, s)
+    assert "L2_NORMALIZATION" in graph.read(flatbuffer).op_counts()
+    assert np.max(np.abs(lengths[long] - 1.0)) < 0.02
