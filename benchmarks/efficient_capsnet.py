@@ -14,8 +14,9 @@ decayed by 0.97 per epoch, no augmentation. Prints, in this order:
    formulation (labelled "authors' form."), timed interleaved in this process.
 2. Seconds per training step of kcaps' efficient_capsnet, the authors' formulation (as they
    build it, and with their grouped primary convolution as a DepthwiseConv2D, to attribute the
-   difference) and small_capsnet, interleaved (`--rounds` rounds of `--timing-steps` steps each; median x 125
-   steps = seconds per epoch), and whether the authors' formulation converts with builtin ops.
+   difference) and small_capsnet, interleaved (`--rounds` rounds of `--timing-steps` steps
+   each; median x 125 steps = seconds per epoch), and whether the authors' formulation
+   converts with builtin ops.
 3. Per trained model (reused from `--output` when it is there; `--decoder-seeds`: efficient_capsnet
    trained with its reconstruction decoder, as the authors train it): test accuracy per seed and the
    median, parameters, seconds per epoch of the full run, int8 size, TFLite Micro arena (the
@@ -253,8 +254,8 @@ def main(argv=None):
 
     if "timing" not in args.skip:
         per_epoch = time_training(data, args.rounds, args.timing_steps)
-        print(f"\n2. Training seconds per epoch (125 steps of 64), from the median of {args.rounds} "
-              f"interleaved rounds of {args.timing_steps} steps")
+        print(f"\n2. Training seconds per epoch (125 steps of 64), from the median of "
+              f"{args.rounds} interleaved rounds of {args.timing_steps} steps")
         authors = per_epoch["authors' formulation"]
         print_table([{"model": name, "s / epoch": s, "vs authors' formulation":
                       f"{authors / s:.2f}x faster"} for name, s in per_epoch.items()],

@@ -92,7 +92,7 @@ class PrimaryCapsules(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer)
 
     @property
     def kernel(self):
-        """The convolution's kernel: `(kh, kw, in, out)`, or `(kh, kw, channels, 1)` if depthwise."""
+        """The convolution's kernel: `(kh, kw, in, out)`; `(kh, kw, channels, 1)` if depthwise."""
         return self.conv.depthwise_kernel if self.depthwise else self.conv.kernel
 
     def build(self, input_shape):
@@ -173,11 +173,12 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     `kcaps.routing`). The two are independent choices. Both are vectorized: one batched matmul,
     no tiling of W over the batch, no per-example Python work.
 
-    | `projection` | u_hat | `routing` | couplings |
-    |---|---|---|---|
-    | `"float"` | float W (Sabour et al.) | `"dynamic"` | `routing_iterations` of dynamic routing, dot-product agreement (Sabour et al.) |
-    | `"xnor"` | inputs and W binarized, XNOR-Net scaled (XnODR) | `"xnor_agreement"` | dynamic routing with the xnorized agreement (XnIDR) |
-    | | | `"self_attention"` | one pass of self-attention plus a learned per-pair bias (Efficient-CapsNet) |
+    - `projection`: `"float"` (float W, Sabour et al.) or `"xnor"` (inputs and W binarized,
+      XNOR-Net scaled: XnODR).
+    - `routing`: `"dynamic"` (`routing_iterations` of dynamic routing with the dot-product
+      agreement, Sabour et al.), `"xnor_agreement"` (the same with the xnorized agreement: XnIDR)
+      or `"self_attention"` (one pass of self-attention plus a learned per-pair bias:
+      Efficient-CapsNet).
 
     The names of kcaps <= issue 18 still work: `routing="xnodr"` is `projection="xnor"` with
     dynamic routing, `routing="xnidr"` is `routing="xnor_agreement"` (saved configs load too).
@@ -185,8 +186,8 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     Args:
       num_capsules: number of output capsules J.
       capsule_dim: dimension of the output capsules.
-      routing: `"dynamic"`, `"xnor_agreement"` or `"self_attention"` (table above).
-      projection: `"float"` or `"xnor"` (table above); default `"float"`.
+      routing: `"dynamic"`, `"xnor_agreement"` or `"self_attention"` (list above).
+      projection: `"float"` or `"xnor"` (list above); default `"float"`.
       routing_iterations: iterations of an iterative routing (>= 1). `"self_attention"` has none:
         any value but the default is refused.
       weight_sharing: None, an int K (input capsule i uses matrix `i mod K`, FasTrCaps' tiling),
@@ -260,7 +261,7 @@ class CapsuleDense(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
 
     @property
     def attention_bias(self):
-        """`"self_attention"`: the learned `(num_capsules, num_in)` bias on the couplings, else None."""
+        """`"self_attention"`: the learned `(num_capsules, num_in)` coupling bias, else None."""
         return self._attention_bias
 
     @attention_bias.setter

@@ -1,4 +1,4 @@
-"""Self-attention routing, the efficient squash, depthwise primary capsules and efficient_capsnet."""
+"""Self-attention routing, the efficient squash, depthwise primary capsules, efficient_capsnet."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -85,7 +85,8 @@ def test_self_attention_refuses_iterations_and_bad_input():
     with pytest.raises(ValueError, match="only a built layer with routing='self_attention'"):
         kcaps.layers.CapsuleDense(10, 16).attention_bias = np.zeros((10, 4))
     layer.build((None, 4, 8))
-    with pytest.raises(ValueError, match=r"shape \(10, 4\) \(num_capsules, num_in\), got \(4, 10\)"):
+    with pytest.raises(ValueError,
+                       match=r"shape \(10, 4\) \(num_capsules, num_in\), got \(4, 10\)"):
         layer.attention_bias = np.zeros((4, 10))
     with pytest.raises(ValueError, match="unknown projection 'binary'; valid projections: float"):
         kcaps.layers.CapsuleDense(10, 16, projection="binary")

@@ -489,7 +489,8 @@ def depthwise_source(graph, name):
         if len(sources) != 1:
             raise ValueError(
                 f"cannot prune capsule types of depthwise PrimaryCapsules '{name}': layer "
-                f"'{current}' has {len(sources)} inputs, so no single convolution makes its channels")
+                f"'{current}' has {len(sources)} inputs, so no single convolution makes its "
+                "channels")
         source = sources[0]
         layer = graph.layer(source)
         if len(graph.consumers[source]) != 1 or source in graph.shared:
