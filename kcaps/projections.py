@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcaps import _checks, _optional, initializers, xnor
+from kcaps.registry import Registry
 
 SHARING_MODES = ("type", "position")
 SHARING_ORDERS = ("position_major", "type_major")
@@ -329,3 +330,9 @@ class XnorProjection(DenseProjection):
     def scaling_factors(self):
         """Number of float scaling factors (alpha) a deployed layer stores with its binary kernel."""
         return int(np.prod(self.kernel.shape)) // self.input_dim
+
+
+# Projections by name (`CapsuleDense(projection=...)`): the classes, built by the layer.
+PROJECTIONS = Registry("projection", allow_callables=False)
+PROJECTIONS.register("float", DenseProjection)  # Sabour et al.: float W per pair
+PROJECTIONS.register("xnor", XnorProjection)  # XnODR: inputs and W binarized, XNOR-Net scaled

@@ -1,4 +1,5 @@
-"""Routing by agreement over prediction vectors, with the agreement product chosen by name.
+"""Routing by agreement over prediction vectors, with the agreement product chosen by name;
+and Efficient-CapsNet's one-pass self-attention routing (`self_attention_routing`).
 
 Dynamic routing (Sabour et al., 2017), for prediction vectors `u_hat[j|i]`:
 
@@ -24,9 +25,13 @@ input capsules and the agreement over the dimensions - are batched matrix-vector
 >>> kcaps.routing.dynamic_routing(u_hat, iterations=3).shape
 TensorShape([2, 10, 16])
 """
+import dataclasses
+import typing
+
 import tensorflow as tf
 
 from kcaps import ops, xnor
+from kcaps.registry import Registry
 
 
 def _dot_with_outputs(u_hat, v):
@@ -98,3 +103,80 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
             update = tf.cast(agree(x, v), tf.float32)
             logits = update if logits is None else logits + update
     return v
+
+
+def self_attention_routing(u_hat, pair_bias=None, squash=ops.squash, bias=None):
+    """Efficient-CapsNet's non-iterative routing (Mazzia et al., 2021): self-attention, one pass.
+
+    For each output capsule j, every prediction `u_hat[j|i]` is scored by its agreement with all
+    predictions for j, `a_ij = u_hat[j|i] . sum_k u_hat[j|k] / sqrt(out_dim)` (the row sums of
+    the attention matrix `U_j U_j^T / sqrt(out_dim)`); then
+
+        c_ij = softmax_j(a_ij) + pair_bias[j, i]      (softmax over the output capsules)
+        s_j  = sum_i c_ij u_hat[j|i] (+ bias_j),   v_j = squash(s_j)
+
+    The learned bias is added to the coupling coefficients after the softmax, as the authors'
+    code does (`c = softmax(...) + b`), so the c_ij of an input capsule need not sum to 1.
+
+    Args:
+      u_hat: prediction vectors of shape `(batch, num_out, num_in, out_dim)`.
+      pair_bias: optional `(num_out, num_in)` tensor added to the coupling coefficients.
+      squash: the squash function.
+      bias: optional `(num_out, out_dim)` tensor added to s_j.
+    Returns:
+      Output capsules `v` of shape `(batch, num_out, out_dim)`, in the dtype of `u_hat`.
+
+    The sums over capsules are batched matrix products in the layout of `dynamic_routing`, so
+    the graph converts to TFLite builtin ops (BATCH_MATMUL, SUM, SOFTMAX) with no Einsum.
+
+    >>> import kcaps, tensorflow as tf
+    >>> kcaps.routing.self_attention_routing(tf.random.normal([2, 10, 16, 16])).shape
+    TensorShape([2, 10, 16])
+    """
+    dim = u_hat.shape[-1]
+    total = tf.reduce_sum(u_hat, axis=2)  # (batch, num_out, dim): sum over the input capsules
+    logits = _dot_with_outputs(u_hat, total) * (1.0 / float(dim) ** 0.5)  # (batch, out, in)
+    c = tf.nn.softmax(tf.cast(logits, tf.float32), axis=1)  # over the output capsules
+    if pair_bias is not None:
+        c = c + tf.cast(pair_bias, c.dtype)
+    c = tf.cast(c, u_hat.dtype)
+    s = tf.squeeze(tf.matmul(tf.expand_dims(c, 2), u_hat), axis=2)  # (batch, num_out, dim)
+    if bias is not None:
+        s = s + tf.cast(bias, s.dtype)
+    return squash(s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Routing:
+    """A routing algorithm as `kcaps.layers.CapsuleDense(routing=name)` runs it.
+
+    Attributes:
+      route: `(u_hat, iterations, squash, bias, pair_bias, stop_gradient) -> v`.
+      iterative: whether `routing_iterations` applies (otherwise only its default is accepted).
+      pair_bias: whether the layer learns a `(num_capsules, num_in)` bias on the couplings.
+      agreement: the agreement of an iterative routing (`"dot"`, `"xnor"`), for MAC counts.
+      needs_larq: whether the algorithm needs larq.
+    """
+
+    route: typing.Callable
+    iterative: bool = True
+    pair_bias: bool = False
+    agreement: str = None
+    needs_larq: bool = False
+
+
+# Routing algorithms by name (`CapsuleDense(routing=...)`); a layer must know the weights and
+# arguments of its routing, so only registered ones are accepted.
+ROUTINGS = Registry("routing", allow_callables=False)
+ROUTINGS.register("dynamic", Routing(
+    lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: dynamic_routing(
+        u_hat, iterations, agreement="dot", squash=squash, bias=bias,
+        stop_gradient=stop_gradient), agreement="dot"))
+ROUTINGS.register("xnor_agreement", Routing(
+    lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: dynamic_routing(
+        u_hat, iterations, agreement="xnor", squash=squash, bias=bias,
+        stop_gradient=stop_gradient), agreement="xnor", needs_larq=True))
+# One pass: no iteration before the last, so `stop_gradient` (of those iterations) changes nothing.
+ROUTINGS.register("self_attention", Routing(
+    lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: self_attention_routing(
+        u_hat, pair_bias=pair_bias, squash=squash, bias=bias), iterative=False, pair_bias=True))

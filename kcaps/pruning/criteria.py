@@ -82,7 +82,9 @@ def l1_scores(layer):
     if isinstance(layer, CapsuleDense):
         return np.abs(layer.projection.kernel.numpy()).sum(axis=(0, 1, 3))
     if isinstance(layer, PrimaryCapsules):
-        per_filter = np.abs(layer.conv.kernel.numpy()).sum(axis=(0, 1, 2))
+        # a depthwise kernel is (kh, kw, channels, 1): output channel c has the weights [..., c, :]
+        axes = (0, 1, 3) if layer.depthwise else (0, 1, 2)
+        per_filter = np.abs(layer.kernel.numpy()).sum(axis=axes)
         return per_filter.reshape(layer.capsule_types, layer.capsule_dim).sum(axis=1)
     return np.abs(layer.kernel.numpy()).sum(axis=(0, 1, 2))
 

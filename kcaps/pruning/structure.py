@@ -13,6 +13,11 @@ tensor through the graph to the layers that read it:
   the `PrimaryCapsules` convolution, a `Dense` after pooling or `Flatten`, and a `CapsuleDense`,
   whose transformation matrices W of the removed input capsules go (N_in shrinks).
 
+A depthwise `PrimaryCapsules` (Efficient-CapsNet's) makes capsule type t from its input channels
+`t * capsule_dim ...`: pruning its capsule types removes those channels in the convolution that
+feeds it (through batch norm and activations), and that convolution cannot lose single channels,
+which would split a capsule; its channels go only with whole capsules.
+
 Anything else that would receive a smaller tensor (`Add`, `Concatenate`, a model output, a
 shared layer, ...) makes the plan fail with a ValueError naming the layers, before any weight is
 touched.
@@ -209,12 +214,46 @@ class _Conv2D(ChannelSurgery):
 
 
 class _PrimaryCapsules(_Conv2D):
-    """Loses capsule types (`capsule_dim` consecutive filters each) at every position."""
+    """Loses capsule types (`capsule_dim` consecutive filters each) at every position.
+
+    Depthwise (`depthwise=True`): type t is input channels `t * capsule_dim ...`; its types are
+    removed through the convolution that feeds it (`propagate`), and a channel selection reaching
+    it must keep whole types.
+    """
 
     units, count_field = "capsule types", "capsule_types"
 
     def applies(self, layer):
         return True
+
+    def output_selection(self, layer, in_sel):
+        if not layer.depthwise:
+            return None
+        dim, count = layer.capsule_dim, layer.capsule_types
+        types = np.unique(in_sel.keep // dim)
+        kept = set(in_sel.keep.tolist())
+        split = [int(t) for t in types if not set(range(t * dim, t * dim + dim)) <= kept]
+        if split:
+            raise unsupported(in_sel, layer, f"its capsule types are groups of {dim} channels and "
+                              f"the pruning would split capsule type(s) {split}; prune whole "
+                              f"capsule types through '{layer.name}' instead")
+        positions = layer.output_shape[1] // count
+        indices = (np.arange(positions)[:, None] * count + types[None, :]).reshape(-1)
+        return Selection(in_sel.origin, 1, indices, positions * count, (positions, count, types))
+
+    def weight_axes(self, layer, in_sel, out_sel):
+        if not layer.depthwise:
+            return super().weight_axes(layer, in_sel, out_sel)
+        # channel c of the input makes channel c of the output
+        return [(layer.conv.depthwise_kernel, [(2, in_sel.keep)]),
+                (layer.conv.bias, [(0, in_sel.keep)])]
+
+    def resize_config(self, layer, config, in_sel, out_sel):
+        if layer.depthwise:
+            if in_sel is not None:
+                config["capsule_types"] = len(in_sel.keep) // layer.capsule_dim
+        else:
+            super().resize_config(layer, config, in_sel, out_sel)
 
     def own_selection(self, layer, name, keep):
         count = layer.capsule_types
@@ -255,7 +294,10 @@ class _CapsuleDense(ChannelSurgery):
         own = _own(layer, out_sel)
         out_keep = None if own is None else own.keep
         return [(layer.projection.kernel, [(0, _kept_matrices(layer, in_sel)), (2, out_keep)]),
-                (layer.bias, [(0, out_keep)])]
+                (layer.bias, [(0, out_keep)]),
+                # self-attention routing: a bias per (output, input) capsule pair
+                (layer.attention_bias, [(0, out_keep),
+                                        (1, None if in_sel is None else in_sel.keep)])]
 
     def resize_config(self, layer, config, in_sel, out_sel):
         super().resize_config(layer, config, in_sel, out_sel)
@@ -431,6 +473,59 @@ def own_selection(graph, name, keep):
     return surgery_for(layer).own_selection(layer, name, keep)
 
 
+def _is_depthwise_primary(layer):
+    return isinstance(layer, PrimaryCapsules) and layer.depthwise
+
+
+def depthwise_source(graph, name):
+    """The convolution whose channels make the capsules of depthwise `PrimaryCapsules` `name`.
+
+    Walks back through batch norm and activations that nothing else reads; raises a ValueError
+    naming the layers if there is no such convolution.
+    """
+    current = name
+    while True:
+        sources = graph.inbound[current]
+        if len(sources) != 1:
+            raise ValueError(
+                f"cannot prune capsule types of depthwise PrimaryCapsules '{name}': layer "
+                f"'{current}' has {len(sources)} inputs, so no single convolution makes its "
+                "channels")
+        source = sources[0]
+        layer = graph.layer(source)
+        if len(graph.consumers[source]) != 1 or source in graph.shared:
+            raise ValueError(
+                f"cannot prune capsule types of depthwise PrimaryCapsules '{name}': its channels "
+                f"come from layer '{source}', which other layers read too")
+        if is_prunable_conv(layer):
+            return source
+        if not isinstance(layer, ELEMENTWISE):
+            raise ValueError(
+                f"cannot prune capsule types of depthwise PrimaryCapsules '{name}': its channels "
+                f"come from layer '{source}' ({type(layer).__name__}), not from a Conv2D through "
+                "batch norm and activations")
+        current = source
+
+
+def _through_depthwise_primaries(graph, keep):
+    """`keep` with each depthwise PrimaryCapsules' kept types as kept channels of its source."""
+    result = dict(keep)
+    for name, kept in keep.items():
+        layer = graph.layer(name)
+        if not _is_depthwise_primary(layer):
+            continue
+        types = own_selection(graph, name, kept).types[2]  # checks the indices
+        source = depthwise_source(graph, name)
+        if source in keep:
+            raise ValueError(
+                f"cannot prune both '{source}' and the depthwise PrimaryCapsules '{name}' it "
+                f"feeds: the capsule types of '{name}' are channels of '{source}'; prune '{name}'")
+        del result[name]
+        dim = layer.capsule_dim
+        result[source] = (np.asarray(types)[:, None] * dim + np.arange(dim)[None, :]).reshape(-1)
+    return result
+
+
 def propagate(graph, keep):
     """Follow the selections made by `keep` (`{layer: kept unit indices}`) through the graph.
 
@@ -439,6 +534,7 @@ def propagate(graph, keep):
     """
     for name in keep:
         check_prunable(graph, name)
+    keep = _through_depthwise_primaries(graph, keep)
     plan = {}
     for name in graph.order:
         layer = graph.layer(name)

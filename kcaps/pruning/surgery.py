@@ -49,6 +49,10 @@ def layer_ratios(model, ratios):
     names = [name for name in graph.order
              if structure.is_prunable_conv(graph.layer(name))
              or isinstance(graph.layer(name), PrimaryCapsules)]
+    # A conv that makes depthwise primary capsules loses channels only with whole capsule types.
+    sources = {structure.depthwise_source(graph, name) for name in names
+               if structure._is_depthwise_primary(graph.layer(name))}
+    names = [name for name in names if name not in sources]
     if not names:
         raise ValueError(f"model '{model.name}' has no Conv2D or PrimaryCapsules layer to prune")
     return {name: float(ratios) for name in names}

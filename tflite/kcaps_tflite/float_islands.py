@@ -25,9 +25,9 @@ from ai_edge_litert.tools import flatbuffer_utils
 from kcaps_tflite import files
 from kcaps_tflite.flatbuffer_edit import opcode_index
 
-# Operators with an int8 kernel in LiteRT but only a float one in TFLite Micro (elementwise.cc)
-# that kcaps models use.
-MICRO_FLOAT_ONLY = ("SQRT",)
+# Operators with an int8 kernel in LiteRT but only a float one in TFLite Micro (elementwise.cc,
+# exp.cc) that kcaps models use: EXP is in Efficient-CapsNet's squash (`squash="efficient"`).
+MICRO_FLOAT_ONLY = ("SQRT", "EXP")
 
 
 def _float_copy(tensor, suffix):
