@@ -251,6 +251,12 @@ def _execute(command, cwd, timeout, what):
     return output
 
 
+def run_elf(board, elf, cwd, timeout=60, icount=True):
+    """Run an ELF on `board` under QEMU in `cwd`; its output, or the crash / timeout error."""
+    board = BOARDS.get(board) if isinstance(board, str) else board
+    return _execute(board.qemu_command(elf, icount), cwd, timeout, f"{elf} on {board.name}")
+
+
 def _overflow(message, board, model_bytes):
     found = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", message)
     if not found:
@@ -307,6 +313,9 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
         raise ValueError(f"unknown kernels {kernels!r}; valid: "
                          f"{', '.join(firmware_build.KERNEL_SETS)}")
     data, source = files.model_bytes(model, source)
+    if len(data) > board.flash_bytes:
+        raise FirmwareSizeError(f"{source}: the model alone is {len(data)} bytes; {board.name} "
+                                f"has {board.flash_bytes} bytes for code and constants")
     firmware_build.check_toolchain(board.target)
     work_dir = pathlib.Path(work_dir or tempfile.mkdtemp(prefix="kcaps-firmware-"))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -566,6 +575,28 @@ def format_report(report):
     fits = [b["target"] for b in s["budgets"] if b["fits"]]
     lines.append(f"fits              {', '.join(fits) or 'none of ' + ', '.join(b['target'] for b in s['budgets'])}")
     return lines
+
+
+def run_firmware(model, board="mps2-an386", kernels="cmsis_nn", inputs=None, labels=None,
+                 **kwargs):
+    """`run` for the deployment pipeline (`kcaps_tflite.pipeline`): the headline figures as
+    scalars (the report's table) and the whole report under `details`."""
+    report = run(model, board, kernels, inputs, labels, log=kwargs.pop("log", lambda _: None),
+                 **kwargs)
+    c, s, a = report["cost"], report["sizes"], report["agreement"]
+    return {
+        "instructions_per_inference": round(c["instructions_per_inference"]),
+        "instruction_count": "emulated (QEMU -icount, SysTick), not cycles",
+        "routing_share": round(report["profile"]["routing_share"], 4),
+        "flash_bytes": s["flash_bytes"], "flash_model_bytes": s["flash_parts"].get("model", 0),
+        "flash_tflm_bytes": s["flash_parts"].get("tflm", 0),
+        "flash_kernels_bytes": s["flash_parts"].get("kernels_total", 0),
+        "ram_bytes": s["ram_bytes"], "arena_used_bytes": s["arena_used_bytes"],
+        "host_identical": a.get("host_identical"),
+        "python_top1_agreement": a.get("python_top1_agreement"),
+        "python_max_lsb_difference": a.get("python_max_lsb_difference"),
+        "details": report,
+    }
 
 
 def available():

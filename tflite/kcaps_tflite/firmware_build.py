@@ -22,8 +22,8 @@ newlib with semihosting) and `TARGETS["host"]` (the machine's `g++`, reference k
 bit-exact reference for the firmware's outputs).
 
 >>> from kcaps_tflite import firmware_build
->>> firmware_build.resolver_methods()["CONV_2D"]
-'AddConv2D'
+>>> firmware_build.TARGETS.get("cortex-m55").cpu_flags[0]
+'-mcpu=cortex-m55'
 >>> firmware_build.TARGETS.get("cortex-m0")
 Traceback (most recent call last):
 ...
