@@ -410,7 +410,8 @@ def build_libraries(ops, target="cortex-m4", kernels="cmsis_nn", tflm_dir=None, 
     built = [0]
 
     core_files = core_sources(tflm_dir)
-    core_flags = _flags(target, tflm_dir, use_cmsis)
+    core_flags = _flags(target, tflm_dir, False)  # one core for both kernel sets
+    kernel_flags = _flags(target, tflm_dir, use_cmsis)
 
     def build_core(tmp):
         log(f"compiling TFLite Micro core for {target.name}: {len(core_files)} files")
@@ -421,7 +422,7 @@ def build_libraries(ops, target="cortex-m4", kernels="cmsis_nn", tflm_dir=None, 
             obj.unlink()
 
     core_entry, core_cached = _cached_build(
-        f"core-{target.name}-{'cmsis' if use_cmsis else 'ref'}",
+        f"core-{target.name}",
         _key(BUILD_VERSION, revision, target, core_flags, core_files), build_core, log)
 
     cmsis_files = cmsis_nn_sources(kernel_files, tflm_dir) if use_cmsis else []
@@ -429,10 +430,10 @@ def build_libraries(ops, target="cortex-m4", kernels="cmsis_nn", tflm_dir=None, 
     def build_kernels(tmp):
         log(f"compiling {len(kernel_files)} kernel files and {len(cmsis_files)} CMSIS-NN files "
             f"for {target.name} ({kernels}: {', '.join(ops)})")
-        objects = _compile_all(target, tflm_dir, kernel_files, tmp, core_flags, jobs)
+        objects = _compile_all(target, tflm_dir, kernel_files, tmp, kernel_flags, jobs)
         _archive(target, objects, tmp / "libtflm_kernels.a")
         if cmsis_files:
-            cmsis = _compile_all(target, tflm_dir, cmsis_files, tmp, core_flags, jobs)
+            cmsis = _compile_all(target, tflm_dir, cmsis_files, tmp, kernel_flags, jobs)
             _archive(target, cmsis, tmp / "libcmsis_nn.a")
             objects += cmsis
         built[0] += len(objects)
@@ -441,7 +442,7 @@ def build_libraries(ops, target="cortex-m4", kernels="cmsis_nn", tflm_dir=None, 
 
     kernel_entry, kernels_cached = _cached_build(
         f"kernels-{target.name}-{kernels}",
-        _key(BUILD_VERSION, revision, target, core_flags, kernels, sorted(ops), kernel_files,
+        _key(BUILD_VERSION, revision, target, kernel_flags, kernels, sorted(ops), kernel_files,
              cmsis_files), build_kernels, log)
     cmsis_library = kernel_entry / "libcmsis_nn.a"
     return Libraries(target.name, kernels, tuple(ops), methods, core_entry / "libtflm_core.a",
