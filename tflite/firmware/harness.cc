@@ -26,6 +26,8 @@
 #ifdef KCAPS_HOST
 static uint32_t kcaps_ticks() { return 0; }
 static uint32_t kcaps_stack_used() { return 0; }
+static void kcaps_invoke_begin() {}
+static void kcaps_invoke_end() {}
 namespace tflite {
 uint32_t ticks_per_second() { return 0; }  // the host build is for outputs, not timing
 uint32_t GetCurrentTimeTicks() { return 0; }
@@ -33,6 +35,8 @@ uint32_t GetCurrentTimeTicks() { return 0; }
 #else
 extern "C" uint32_t kcaps_ticks(void);
 extern "C" uint32_t kcaps_stack_used(void);
+extern "C" void kcaps_invoke_begin(void);  // markers for the instruction-counting plugin
+extern "C" void kcaps_invoke_end(void);
 
 namespace tflite {
 // The profiler's clock: SysTick on the processor clock (start-up code), in board clock ticks.
@@ -126,9 +130,11 @@ int main() {
       return 5;
     }
     profiler.Clear();
+    kcaps_invoke_begin();
     start = kcaps_ticks();
     status = interpreter.Invoke();
     uint32_t ticks = kcaps_ticks() - start;
+    kcaps_invoke_end();
     if (status != kTfLiteOk) {
       printf("KCAPS_ERROR invoke %d\n", samples);
       return 4;

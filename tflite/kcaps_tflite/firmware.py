@@ -40,6 +40,7 @@ ValueError: unknown board 'stm32'; valid boards: mps2-an386, mps2-an500, mps3-an
 """
 import dataclasses
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -397,6 +398,47 @@ def _run_program(build, inputs, timeout, icount=True):
     return (run_dir / "outputs.bin").read_bytes(), values, ticks, profile, seconds
 
 
+def _plugin():
+    """The instruction-counting TCG plugin (tflite/firmware/icount_plugin.c), built once."""
+    source = firmware_build.FIRMWARE_SOURCES / "icount_plugin.c"
+    key = firmware_build._key(source.read_text())
+    library = firmware_build.cache_dir() / f"icount-plugin-{key}.so"
+    if not library.exists():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        tmp = library.with_suffix(f".tmp{os.getpid()}")
+        result = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source)],
+                                capture_output=True, text=True)
+        if result.returncode:
+            raise FirmwareError(f"building the QEMU plugin failed:\n{result.stderr}")
+        os.replace(tmp, library)
+    return library
+
+
+def plugin_instructions(build, records, timeout=300):
+    """Instructions per Invoke counted by a TCG plugin, with SysTick's count from the same run.
+
+    Returns `(plugin counts, SysTick-derived counts)`, one per input: the cross-check of the two
+    ways of counting.
+    """
+    board = BOARDS.get(build.board)
+    symbols = subprocess.run(["arm-none-eabi-nm", str(build.program)], capture_output=True,
+                             text=True).stdout
+    address = {name: int(value, 16) & ~1 for value, _, name in
+               (line.split() for line in symbols.splitlines() if len(line.split()) == 3)}
+    plugin = (f"{_plugin()},begin={address['kcaps_invoke_begin']:#x},"
+              f"end={address['kcaps_invoke_end']:#x}")
+    run_dir = build.work_dir / "plugin_run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "inputs.bin").write_bytes(records.tobytes())
+    command = board.qemu_command(build.program)
+    command[-2:-2] = ["-plugin", plugin]
+    output = _execute(command, run_dir, timeout, f"the firmware on {board.name} (plugin)")
+    counts = [int(line.split()[1]) for line in output.splitlines()
+              if line.startswith("KCAPS_PLUGIN ")]
+    _, ticks, _ = _parse(output)
+    return counts, [t * 1e9 / board.clock_hz for t in ticks]
+
+
 def _outputs(raw, output_details, count):
     """Split the harness's output records into per-output arrays `(count, ...)`."""
     sizes = [int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize for d in output_details]
@@ -449,7 +491,7 @@ def _budgets(flash, ram):
 
 def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_dir=None,
         json_path=None, tflm_dir=None, arena_bytes=None, timeout=300, reference=True,
-        python_reference=True, jobs=None, log=print, source=None):
+        python_reference=True, cross_check=False, jobs=None, log=print, source=None):
     """Build the firmware for `board`, run it on `x`, measure; the `firmware` report (a dict).
 
     Args:
@@ -463,6 +505,7 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
       reference: compare with a host build of the same sources (bit for bit).
       python_reference: compare with the Python tflite-micro interpreter (top-1, LSB).
       timeout: seconds before a run counts as a hang.
+      cross_check: also count instructions with the TCG plugin (`plugin_instructions`).
     """
     board = BOARDS.get(board)
     data, source = files.model_bytes(model, source)
@@ -501,6 +544,12 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
         "estimated_ms_at_nominal_clock": float(instructions.mean() / board.clock_hz * 1e3),
         "latency_assumes": f"1 cycle per instruction at {board.clock_hz / 1e6:g} MHz",
     }
+    if cross_check:
+        counts, systick = plugin_instructions(build, records, timeout)
+        cost["plugin_instructions_per_inference"] = float(np.mean(counts))
+        cost["plugin_minus_systick_max"] = float(np.max(np.abs(np.subtract(counts, systick))))
+        cost["plugin_note"] = ("TCG plugin: every executed guest instruction between markers "
+                               "around Invoke; SysTick resolution is one tick")
     report["cost"] = cost
     parts = g.parts()
     rows, total = [], sum(t for _, _, t in profile) or 1
@@ -557,6 +606,9 @@ def format_report(report):
         f"instructions      {c['instructions_per_inference'] / 1e6:.2f} M per inference "
         f"(emulated instruction counts, not cycles; ~{c['estimated_ms_at_nominal_clock']:.1f} ms "
         f"at {c['latency_assumes']})",
+        *([f"TCG plugin        {c['plugin_instructions_per_inference'] / 1e6:.4f} M per inference "
+           f"(largest difference to SysTick {c['plugin_minus_systick_max']:.0f} instructions)"]
+          if "plugin_instructions_per_inference" in c else []),
         f"routing share     {report['profile']['routing_share']:.1%} of the profiled "
         f"instructions (projection {report['profile']['projection_share']:.1%})",
         f"flash             {s['flash_bytes']:,} B: model {parts.get('model', 0):,}, TFLM "

@@ -262,7 +262,8 @@ def cmd_firmware(args):
     try:
         report = firmware.run(args.model, args.board, args.kernels, data.x_test[:args.samples],
                               data.y_test[:args.samples], output_dir=args.output,
-                              json_path=args.json, tflm_dir=args.tflm_dir, timeout=args.timeout)
+                              json_path=args.json, tflm_dir=args.tflm_dir, timeout=args.timeout,
+                              cross_check=args.cross_check)
     except firmware.FirmwareError as error:  # toolchain missing, crash, hang, build failure
         print(f"kcaps firmware: error: {error}", file=sys.stderr)
         return 3
@@ -373,6 +374,8 @@ def add_deployment_commands(commands):
                    help="TFLite Micro tree (default: $KCAPS_TFLM_DIR, else ../shared/tflm)")
     f.add_argument("--timeout", type=float, default=300,
                    help="seconds before a run counts as a hang (default: %(default)s)")
+    f.add_argument("--cross-check", action="store_true",
+                   help="also count instructions with a QEMU TCG plugin built here")
     f.set_defaults(run=cmd_firmware)
 
 
