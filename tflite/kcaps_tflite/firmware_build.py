@@ -31,6 +31,7 @@ ValueError: unknown target 'cortex-m0'; valid targets: cortex-m4, cortex-m55, co
 """
 import concurrent.futures
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import os
@@ -351,18 +352,21 @@ def _cached_build(name, key, build, log):
         log(f"cached {entry}")
         return entry, True
     root.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    try:
-        build(tmp)
-        (tmp / "DONE").write_text("ok\n")
+    with open(root / f".{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits for the first one's build
+        if (entry / "DONE").exists():
+            log(f"cached {entry}")
+            return entry, True
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
+            build(tmp)
+            (tmp / "DONE").write_text("ok\n")
+            if entry.exists():  # a half-filled entry left by an older layout: replace it
+                shutil.rmtree(entry)
             os.rename(tmp, entry)
-        except OSError:  # another process finished the same entry first
-            if not (entry / "DONE").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return entry, False
 
 
