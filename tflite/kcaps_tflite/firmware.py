@@ -431,7 +431,7 @@ def plugin_instructions(build, records, timeout=300):
     run_dir.mkdir(exist_ok=True)
     (run_dir / "inputs.bin").write_bytes(records.tobytes())
     command = board.qemu_command(build.program)
-    command[-2:-2] = ["-plugin", plugin]
+    command[-2:-2] = ["-plugin", plugin, "-d", "plugin"]  # qemu_plugin_outs writes to the log
     output = _execute(command, run_dir, timeout, f"the firmware on {board.name} (plugin)")
     counts = [int(line.split()[1]) for line in output.splitlines()
               if line.startswith("KCAPS_PLUGIN ")]
