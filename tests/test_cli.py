@@ -144,6 +144,8 @@ SUBCOMMAND_FLAGS = {
                 "model"],
     "deploy": ["--data-dir", "--dataset", "--micro-samples", "--num-runs", "--output",
                "--precisions", "model", "--firmware", "--firmware-board", "--firmware-kernels"],
+    "firmware": ["--board", "--cross-check", "--data-dir", "--dataset", "--json", "--kernels",
+                 "--output", "--samples", "--tflm-dir", "--timeout", "model"],
     "heads": ["--backbones", "--bn-momentum", "--classes", "--data-dir", "--dataset", "--epochs",
               "--heads", "--input-shape", "--multimnist", "--routing-iterations", "--seed",
               "--train-samples", "--upsample", "--verbose"],

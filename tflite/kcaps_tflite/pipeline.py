@@ -114,7 +114,11 @@ def firmware_missing():
     """What the firmware stage lacks on this machine (empty when nothing): the firmware module
     (`kcaps_tflite.firmware`) and the tools it drives (Arm GCC, QEMU) on PATH."""
     missing = [] if importlib.util.find_spec(FIRMWARE_MODULE) else [FIRMWARE_MODULE]
-    return missing + [tool for tool in FIRMWARE_TOOLS if shutil.which(tool) is None]
+    missing += [tool for tool in FIRMWARE_TOOLS if shutil.which(tool) is None]
+    if not missing:  # newlib, the C++ headers, the TFLite Micro sources
+        problem = importlib.import_module(FIRMWARE_MODULE).available()
+        missing += [problem] if problem else []
+    return missing
 
 
 def firmware_stage(config):

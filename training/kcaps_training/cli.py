@@ -251,6 +251,28 @@ def cmd_deploy(args):
     return 0
 
 
+def cmd_firmware(args):
+    from kcaps_tflite import firmware
+    from kcaps_training import datasets
+
+    firmware.BOARDS.get(args.board)  # unknown board: the error lists the valid ones
+    if args.samples < 1:
+        raise ValueError(f"--samples must be at least 1; got {args.samples}")
+    data = datasets.load(args.dataset, args.data_dir)
+    try:
+        report = firmware.run(args.model, args.board, args.kernels, data.x_test[:args.samples],
+                              data.y_test[:args.samples], output_dir=args.output,
+                              json_path=args.json, tflm_dir=args.tflm_dir, timeout=args.timeout,
+                              cross_check=args.cross_check)
+    except firmware.FirmwareError as error:  # toolchain missing, crash, hang, build failure
+        print(f"kcaps firmware: error: {error}", file=sys.stderr)
+        return 3
+    print("\n".join(firmware.format_report(report)))
+    if args.json:
+        print(f"report: {args.json}")
+    return 0
+
+
 def add_deployment_commands(commands):
     """`convert`, `micro`, `benchmark`, `deploy`."""
     from kcaps_tflite import convert, micro, pipeline, verify
@@ -330,6 +352,31 @@ def add_deployment_commands(commands):
     d.add_argument("--micro-samples", type=int, default=defaults.micro_samples)
     _add_firmware_arguments(d)
     d.set_defaults(run=cmd_deploy)
+
+    from kcaps_tflite import firmware, firmware_build
+
+    f = commands.add_parser("firmware", help="build an int8 .tflite as TFLite Micro firmware, "
+                                             "run it on an emulated Cortex-M, measure",
+                            description=firmware.__doc__.split("\n")[0])
+    f.add_argument("model", help="an int8 .tflite file")
+    f.add_argument("--board", default="mps2-an386",
+                   help=f"QEMU board: {', '.join(firmware.BOARDS)} (default: %(default)s)")
+    f.add_argument("--kernels", default="cmsis_nn", choices=firmware_build.KERNEL_SETS,
+                   help="TFLite Micro kernels (default: %(default)s)")
+    f.add_argument("--samples", type=int, default=20, help="test images run (default: 20)")
+    f.add_argument("--dataset", default="real_digits",
+                   help="images to run (default: %(default)s)")
+    f.add_argument("--data-dir", default=None)
+    f.add_argument("--output", default=None,
+                   help="directory for the build, ELF, map and run files (default: a temp dir)")
+    f.add_argument("--json", default=None, help="write the firmware report as JSON")
+    f.add_argument("--tflm-dir", default=None,
+                   help="TFLite Micro tree (default: $KCAPS_TFLM_DIR, else ../shared/tflm)")
+    f.add_argument("--timeout", type=float, default=300,
+                   help="seconds before a run counts as a hang (default: %(default)s)")
+    f.add_argument("--cross-check", action="store_true",
+                   help="also count instructions with a QEMU TCG plugin built here")
+    f.set_defaults(run=cmd_firmware)
 
 
 # ---- sweep, heads, prune (their work in kcaps_training.sweep, .head_report, .prune_command) ----
