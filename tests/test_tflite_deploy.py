@@ -59,12 +59,13 @@ def test_pipeline_config_refuses_bad_values():
         pipeline.PipelineConfig(threads=(0,))
 
 
-def test_firmware_stage_is_off_by_default_and_refused_without_the_toolchain(tmp_path,
-                                                                           monkeypatch):
+def test_firmware_stage_is_auto_by_default_and_refused_without_the_toolchain(tmp_path,
+                                                                            monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no arm-none-eabi-gcc, no qemu-system-arm here
-    assert pipeline.firmware_stage(pipeline.PipelineConfig()) == \
+    assert pipeline.firmware_stage(pipeline.PipelineConfig(firmware="off")) == \
         (False, "off (PipelineConfig.firmware / kcaps deploy --firmware)")
-    runs, why = pipeline.firmware_stage(pipeline.PipelineConfig(firmware="auto"))
+    assert pipeline.PipelineConfig().firmware == "auto"
+    runs, why = pipeline.firmware_stage(pipeline.PipelineConfig())
     assert not runs and "arm-none-eabi-gcc" in why and "qemu-system-arm" in why
     with pytest.raises(ValueError, match="lacks .*arm-none-eabi-gcc, qemu-system-arm"):
         pipeline.firmware_stage(pipeline.PipelineConfig(firmware="on"))
@@ -200,8 +201,10 @@ def test_quickstart_trains_saves_and_deploys_the_saved_file(tmp_path):
     (after one, near-ties between capsule lengths make int8 agreement noisy)."""
     out = tmp_path / "quickstart"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    # --firmware off: the firmware stage is tested in tests/test_firmware.py (one TFLM build per
+    # CI run; building small_capsnet's kernels here too would add minutes on a fresh machine)
     result = subprocess.run([sys.executable, "-m", "kcaps_training", "quickstart", "--epochs", "3",
-                             "--output", str(out)], capture_output=True, text=True, env=env,
+                             "--firmware", "off", "--output", str(out)], capture_output=True, text=True, env=env,
                             cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     builds = (*pipeline.PipelineConfig.precisions, pipeline.MICRO_BUILD_NAME)

@@ -54,8 +54,9 @@ FIRMWARE_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
 class PipelineConfig:
     """What the pipeline does (the defaults keep the quickstart's deployment to a minute or two).
 
-    `firmware`: "off" (default), "auto" (run when the toolchain is here, else record why not) or
-    "on" (refused before any work when the toolchain is missing).
+    `firmware`: "auto" (default: run the microcontroller build as Cortex-M4 CMSIS-NN firmware when
+    the toolchain is here, else record why not), "off", or "on" (refused before any work when the
+    toolchain is missing).
     """
 
     precisions: tuple = ("float32", "float16", "dynamic", "int8")  # the phone variants
@@ -68,7 +69,7 @@ class PipelineConfig:
     num_runs: int = 50
     targets: tuple = tuple(micro.TARGETS)
     profile: bool = True
-    firmware: str = "off"
+    firmware: str = "auto"
     firmware_board: str = "mps2-an386"
     firmware_kernels: str = "cmsis_nn"
     firmware_samples: int = 20
