@@ -48,6 +48,15 @@ def trained(model, epochs, data, output, seed):
     return path, metrics
 
 
+def trained_file_and_calibration(path, epochs, data, seed):
+    """The saved small_capsnet at `path` (trained for `epochs` first if missing) and the pipeline's
+    int8 calibration images from the training split: what the TFLite Micro benchmarks convert."""
+    if not os.path.exists(path):
+        path, _ = trained("small_capsnet", epochs, data, os.path.dirname(path), seed)
+    config = pipeline.PipelineConfig()
+    return path, convert.calibration_sample(data.x_train, config.calibration_samples, config.seed)
+
+
 def interleaved_latency(paths, rounds, num_runs):
     """Median over rounds of the tool's average latency (us), 1 thread, per (variant, xnnpack)."""
     runs = {(name, xnnpack): [] for name in paths for xnnpack in (True, False)}

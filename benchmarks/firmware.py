@@ -21,12 +21,11 @@ instruction counts converted at one instruction per cycle.
 """
 import argparse
 import json
-import os
 import pathlib
 
 from benchmarks.common import print_table
-from benchmarks.deployment import trained
-from kcaps_tflite import convert, firmware, graph, pipeline
+from benchmarks.deployment import trained_file_and_calibration
+from kcaps_tflite import convert, firmware, graph
 from kcaps_training import datasets
 
 Q7_CAPSNETS = {"board": "STM32H755 Cortex-M7 @ 480 MHz (silicon)", "primary_capsules_ms": 119.94,
@@ -44,12 +43,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     data = datasets.load("real_digits")
-    model = args.model
-    if not os.path.exists(model):
-        model, _ = trained("small_capsnet", args.epochs, data, os.path.dirname(model), args.seed)
-    config = pipeline.PipelineConfig()
-    representative = convert.calibration_sample(data.x_train, config.calibration_samples,
-                                                config.seed)
+    model, representative = trained_file_and_calibration(args.model, args.epochs, data, args.seed)
     flatbuffer = convert.convert(model, "int8", representative_data=representative,
                                  **convert.MICRO_BUILD)
     output = pathlib.Path(args.output)

@@ -11,16 +11,14 @@ top-1 agreement of TFLite Micro with each, the share of images whose int8 output
 the file size and the smallest arena.
 """
 import argparse
-import os
 import sys
 
 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import print_table  # noqa: E402
-from benchmarks.deployment import trained  # noqa: E402
+from benchmarks.deployment import trained_file_and_calibration  # noqa: E402
 from kcaps_tflite import convert, files, micro, verify  # noqa: E402
-from kcaps_tflite import pipeline  # noqa: E402
 from kcaps_training import datasets  # noqa: E402
 
 BUILDS = {"default (XNNPACK forms)": dict(),
@@ -37,12 +35,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     data = datasets.load("real_digits")
-    model = args.model
-    if not os.path.exists(model):
-        model, _ = trained("small_capsnet", 15, data, os.path.dirname(model), args.seed)
-    config = pipeline.PipelineConfig()
-    representative = convert.calibration_sample(data.x_train, config.calibration_samples,
-                                                config.seed)
+    model, representative = trained_file_and_calibration(args.model, 15, data, args.seed)
     float32_bytes = len(convert.convert(model, "float32"))
     x, y = data.x_test, data.y_test.reshape(-1)
     rows = []
