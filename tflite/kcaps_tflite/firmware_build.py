@@ -39,12 +39,18 @@ import pathlib
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 from kcaps.registry import Registry
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-FIRMWARE_SOURCES = pathlib.Path(__file__).resolve().parents[1] / "firmware"
+# tflite/firmware/ in a checkout (editable install); a wheel installs the same files as data
+# under <prefix>/share/kcaps/firmware (pyproject.toml, [tool.setuptools.data-files]).
+FIRMWARE_SOURCES = next((path for path in (pathlib.Path(__file__).resolve().parents[1] / "firmware",
+                                           pathlib.Path(sys.prefix) / "share" / "kcaps" / "firmware")
+                         if (path / "harness.cc").is_file()),
+                        pathlib.Path(__file__).resolve().parents[1] / "firmware")
 DEBIAN_PACKAGES = ("gcc-arm-none-eabi", "libnewlib-arm-none-eabi", "libstdc++-arm-none-eabi-dev",
                    "qemu-system-arm")
 INSTALL_COMMAND = ("apt-get install -y --no-install-recommends " + " ".join(DEBIAN_PACKAGES))
