@@ -121,9 +121,6 @@ def selected_capsules(capsules, labels=None, training=None):
     return tf.keras.backend.in_train_phase(by_label, by_length, training=training)
 
 
-# The table under its old name (`kcaps_training.fast_training` lists its names).
-SQUASH_FUNCTIONS = SQUASHES
-
 
 def get_squash(identifier):
     """A squash function by name (`"squash"`, `"approx"`, `"efficient"`), or a callable as is."""

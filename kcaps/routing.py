@@ -57,7 +57,9 @@ def xnor_agreement(u_hat, v):
     return k * beta[..., tf.newaxis] * _dot_with_outputs(xnor.sign(u_hat), xnor.sign(v))
 
 
-AGREEMENTS = {"dot": dot_agreement, "xnor": xnor_agreement}
+AGREEMENTS = Registry("agreement")
+AGREEMENTS.register("dot", dot_agreement)
+AGREEMENTS.register("xnor", xnor_agreement)
 
 
 def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bias=None,
@@ -85,7 +87,7 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
     """
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-    agree = AGREEMENTS[agreement] if isinstance(agreement, str) else agreement
+    agree = AGREEMENTS.get(agreement)
     num_out = u_hat.shape[1]
     logits = None  # b_ij, laid out (batch, num_out, num_in)
     routed = tf.stop_gradient(u_hat) if stop_gradient else u_hat  # iterations before the last

@@ -1,4 +1,3 @@
-import os
 import pathlib
 
 import pytest
@@ -7,8 +6,10 @@ import kcaps  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
+from kcaps_training import datasets as _datasets
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MNIST_DIR = pathlib.Path(os.environ.get("KCAPS_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
+MNIST_DIR = _datasets.mnist_dir()  # $KCAPS_MNIST_DIR, else ../shared/data/mnist beside the checkout
 
 
 @pytest.fixture(autouse=True)

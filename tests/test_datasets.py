@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import ROOT
 from kcaps_training import datasets, idx
 
 
@@ -95,3 +96,10 @@ def test_pipeline_shifts_each_image_independently():
     batch, _ = next(iter(datasets.pipeline(x, np.zeros(64), 64, max_shift=2)))
     positions = {tuple(np.argwhere(image[..., 0])[0]) for image in batch.numpy()}
     assert len(positions) > 5 and all(12 <= r <= 16 and 12 <= c <= 16 for r, c in positions)
+
+
+def test_default_real_digits_directory_is_shared_beside_the_checkout(monkeypatch):
+    from kcaps_training import datasets
+
+    monkeypatch.delenv("KCAPS_MNIST_DIR", raising=False)
+    assert datasets.mnist_dir() == ROOT.parent / "shared" / "data" / "mnist"

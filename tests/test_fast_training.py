@@ -204,3 +204,12 @@ def test_shared_small_decoder_model_and_schedule_save_and_load(tmp_path, fmt):
         schedule = loaded.optimizer.get_config()["learning_rate"]
         assert schedule["class_name"].endswith("CosineRestarts")
         assert schedule["config"]["cycle_steps"] == [3, 5]
+
+
+def test_the_models_own_squash_unless_one_is_asked_for():
+    from kcaps_training.config import TrainConfig
+
+    assert "squash" not in fast_training.model_options(TrainConfig(model="efficient_capsnet"))
+    assert fast_training.model_options(TrainConfig(squash="squash"))["squash"] == "squash"
+    with pytest.raises(ValueError, match="`squash` must be one of"):
+        TrainConfig(squash="tanh")

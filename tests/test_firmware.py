@@ -13,6 +13,17 @@ import tensorflow as tf
 from kcaps_tflite import convert, firmware, firmware_build
 
 MISSING = firmware.available()
+
+
+def _tflm_missing():
+    try:
+        firmware_build.find_tflm()
+    except firmware.TFLMSourcesError as error:
+        return str(error)
+    return None
+
+
+TFLM_MISSING = _tflm_missing()
 needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
@@ -52,7 +63,6 @@ def test_firmware_on_real_digits_equals_the_host_build_and_the_python_top1(real_
         "CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
     cost = report["cost"]
     assert 1e4 < cost["instructions_min"] <= cost["instructions_per_inference"] < 1e8
-    assert cost["instructions_per_inference"] % 40 == 0 or cost["instructions_min"] % 40 == 0
     assert report["profile"]["profiled_instructions"] <= cost["instructions_max"]
 
     sizes = report["sizes"]
@@ -91,13 +101,19 @@ def test_missing_tflm_sources_name_the_directory_and_how_to_get_them(tmp_path, m
         firmware_build.find_tflm()
 
 
-@pytest.mark.skipif(MISSING is not None and "TFLite Micro" in str(MISSING), reason=str(MISSING))
+@pytest.mark.skipif(TFLM_MISSING is not None, reason=str(TFLM_MISSING))
 def test_an_operator_the_kernels_lack_is_named():
     methods, files = firmware_build.kernel_plan(["CONV_2D", "FULLY_CONNECTED"], "cmsis_nn")
     assert methods == {"CONV_2D": "AddConv2D", "FULLY_CONNECTED": "AddFullyConnected"}
     assert any(f.endswith("kernels/cmsis_nn/conv.cc") for f in files)
     _, reference = firmware_build.kernel_plan(["CONV_2D"], "reference")
     assert not any("cmsis_nn" in f for f in reference)
+    # resolver methods without a default registration argument (they call Register_X() inside)
+    methods, files = firmware_build.kernel_plan(["DYNAMIC_UPDATE_SLICE", "RESIZE_NEAREST_NEIGHBOR"],
+                                                "reference")
+    assert methods == {"DYNAMIC_UPDATE_SLICE": "AddDynamicUpdateSlice",
+                       "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor"}
+    assert any(f.endswith("kernels/dynamic_update_slice.cc") for f in files)
     with pytest.raises(firmware.FirmwareOpError, match="lack operator\\(s\\) TOPK_V2, SIGN"):
         firmware_build.kernel_plan(["CONV_2D", "TOPK_V2", "SIGN"], "cmsis_nn")
 

@@ -5,14 +5,13 @@ import os
 import re
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 
 import kcaps
 from conftest import ROOT
-from kcaps_tflite import convert, graph, micro, pipeline, verify
+from kcaps_tflite import convert, firmware, graph, micro, pipeline, verify
 from tflite_helpers import digits, trained_model, write
 from kcaps_training import cli
 
@@ -89,16 +88,23 @@ def test_pipeline_from_a_saved_file_builds_checks_analyses_the_micro_build_and_r
         tmp_path, monkeypatch):
     path = tmp_path / "model.keras"
     trained_model().save(path)
-    # The firmware hook, with a stand-in for the firmware issue's module (kcaps_tflite.firmware):
-    # it records what the pipeline hands it and returns figures the report must carry.
+    # The firmware stage through the real kcaps_tflite.firmware.run_firmware, with a stand-in for
+    # the emulator run (`firmware.run`, tested in test_firmware.py): it records what the pipeline
+    # hands it and returns a report of the real shape, whose figures the report must carry.
     calls = []
 
-    def run_firmware(model_path, board, kernels, inputs):
-        calls.append((open(model_path, "rb").read(), board, kernels, np.array(inputs)))
-        return {"instructions_per_invoke": 1234567, "top1_agreement_with_tflm": 1.0}
+    def run(model_path, board, kernels, x, y, log, output_dir=None):
+        calls.append((open(model_path, "rb").read(), board, kernels, np.array(x), np.array(y),
+                      output_dir))
+        return {"cost": {"instructions_per_inference": 1234567.0},
+                "sizes": {"flash_bytes": 300000, "flash_parts": {"model": 190000, "tflm": 30000,
+                                                                 "kernels_total": 80000},
+                          "ram_bytes": 90000, "arena_used_bytes": 57000},
+                "agreement": {"host_identical": True, "python_top1_agreement": 1.0,
+                              "python_max_lsb_difference": 3},
+                "profile": {"routing_share": 0.25}}
 
-    monkeypatch.setitem(sys.modules, pipeline.FIRMWARE_MODULE,
-                        types.SimpleNamespace(run_firmware=run_firmware))
+    monkeypatch.setattr(firmware, "run", run)
     monkeypatch.setattr(pipeline, "firmware_missing", lambda: [])
     data = digits()
     config = pipeline.PipelineConfig(precisions=("float32", "int8"), threads=(1,), num_runs=5,
@@ -145,11 +151,38 @@ def test_pipeline_from_a_saved_file_builds_checks_analyses_the_micro_build_and_r
     assert len(calls) == 1 and calls[0][0] == direct
     assert calls[0][1:3] == ("mps2-an386", "cmsis_nn")
     np.testing.assert_array_equal(calls[0][3], data.x_test[:3])
+    np.testing.assert_array_equal(calls[0][4], data.y_test[:3])
+    assert calls[0][5] == out / "firmware"
     assert d["firmware"]["status"] == "ran" and d["firmware"]["build"] == "int8_micro"
-    assert "| instructions_per_invoke | 1234567 |" in report
+    assert d["firmware"]["instructions_per_inference"] == 1234567
+    assert d["firmware"]["flash_kernels_bytes"] == 80000
+    assert "| instructions_per_inference | 1234567 |" in report
     assert d["benchmarks"]["int8_micro@1"]["inference_us"]["avg"] > 0
     assert 0 < d["routing_profile"]["int8"]["routing_share"] < 1
     assert any(line.startswith("TFLite Micro, int8_micro: arena") for line in lines)
+
+
+def test_a_firmware_failure_is_recorded_under_auto_and_stops_the_pipeline_under_on(
+        tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise firmware.FirmwareCrashError("HardFault: PC 0x1234")
+
+    monkeypatch.setattr(firmware, "run", crash)
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    section = pipeline._firmware(tmp_path / "m.tflite", x, None, pipeline.PipelineConfig(),
+                                 tmp_path / "fw", log=lambda _: None)
+    assert section["status"] == "failed: HardFault: PC 0x1234"
+    assert section["board"] == "mps2-an386"
+    with pytest.raises(firmware.FirmwareCrashError, match="HardFault"):
+        pipeline._firmware(tmp_path / "m.tflite", x, None, pipeline.PipelineConfig(firmware="on"),
+                           tmp_path / "fw", log=lambda _: None)
+
+
+def test_pipeline_config_names_a_bad_firmware_board_or_kernel_set():
+    with pytest.raises(ValueError, match="unknown firmware board 'stm32'; valid: mps2-an386"):
+        pipeline.PipelineConfig(firmware_board="stm32")
+    with pytest.raises(ValueError, match="unknown firmware kernels 'fast'; valid: cmsis_nn"):
+        pipeline.PipelineConfig(firmware_kernels="fast")
 
 
 def test_pipeline_refuses_a_model_in_memory_and_a_missing_file(tmp_path):

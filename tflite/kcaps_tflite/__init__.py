@@ -12,6 +12,8 @@ never `kcaps_training` (the application calls it with paths and arrays).
 - `report`: the deployment report (report.md, comparison.png, deployment.json), written once
 - `pipeline`: a saved model file -> phone variants and the microcontroller int8 build, verified,
   TFLite Micro, C export, firmware hook, benchmark, report (`kcaps deploy`, `kcaps quickstart`)
+- `firmware`, `firmware_build`: the int8 model as TFLite Micro firmware on emulated Cortex-M
+  boards (QEMU): build (cached), run, instructions, sizes, agreement (`kcaps firmware`)
 - `lce`: binary conversion of larq models and LCE's interpreter
 - `xnnpack_int8`: int8 forms that LiteRT's XNNPACK engine runs in int8 (first conv, matmuls)
 - `graph`, `float_islands`, `files`: what a flatbuffer holds, TFLite-Micro-ready int8, safe files
@@ -22,8 +24,9 @@ otherwise count.
 """
 import importlib
 
-__all__ = ["benchmark", "c_export", "convert", "files", "float_islands", "graph", "lce", "micro",
-           "pipeline", "profile", "report", "verify", "xnnpack_int8"]
+__all__ = ["benchmark", "c_export", "convert", "files", "firmware", "firmware_build",
+           "float_islands", "graph", "lce", "micro", "pipeline", "profile", "report", "verify",
+           "xnnpack_int8"]
 
 
 def __getattr__(name):

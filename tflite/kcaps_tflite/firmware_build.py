@@ -231,8 +231,15 @@ def resolver_methods(tflm_dir=None):
 
 
 def _registration_symbol(tflm_dir, method):
+    """The `Register_X` a resolver method uses: its default argument (`registration =
+    Register_X()`) or, for methods without one, the call inside its `AddBuiltin(...)`."""
     text = (tflm_dir / MICRO / "micro_mutable_op_resolver.h").read_text()
     found = re.search(rf"TfLiteStatus {method}\([^)]*?=\s*(?:tflite::)?(\w+)\(\)", text, re.S)
+    if found:
+        return found.group(1)
+    body = re.search(rf"TfLiteStatus {method}\(\)\s*\{{([^}}]*)\}}", text)
+    found = body and re.search(r"AddBuiltin\(\s*BuiltinOperator_\w+,\s*(?:tflite::)?"
+                               r"(Register_\w+)\(\)", body.group(1))
     return found.group(1) if found else None
 
 

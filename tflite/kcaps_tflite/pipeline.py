@@ -7,8 +7,8 @@
       -> verification of each build in LiteRT against Keras (top-1 agreement, finite outputs)
       -> TFLite Micro on both int8 builds (smallest arena, budgets, agreement with LiteRT), the
          C export of the microcontroller build
-      -> firmware of the microcontroller build on an emulated Cortex-M (optional, off by default:
-         `firmware_stage`)
+      -> firmware of the microcontroller build on an emulated Cortex-M (`firmware="auto"` by
+         default: runs when Arm GCC, QEMU and the TFLite Micro sources are here; `firmware_stage`)
       -> host benchmark of every build with the official tool, per-operator profile (routing)
       -> report.md, comparison.png, deployment.json, written once at the end
 
@@ -102,6 +102,14 @@ class PipelineConfig:
         if self.firmware not in FIRMWARE_MODES:
             raise ValueError(f"PipelineConfig: unknown firmware mode {self.firmware!r}; valid: "
                              f"{', '.join(FIRMWARE_MODES)}")
+        firmware = importlib.import_module(FIRMWARE_MODULE)
+        if self.firmware_board not in firmware.BOARDS:
+            raise ValueError(f"PipelineConfig: unknown firmware board {self.firmware_board!r}; "
+                             f"valid: {', '.join(firmware.BOARDS.names())}")
+        if self.firmware_kernels not in firmware.firmware_build.KERNEL_SETS:
+            raise ValueError(f"PipelineConfig: unknown firmware kernels "
+                             f"{self.firmware_kernels!r}; valid: "
+                             f"{', '.join(firmware.firmware_build.KERNEL_SETS)}")
 
     def builds(self):
         """`(build name, precision, convert options)` of every build, in report order."""
@@ -210,7 +218,7 @@ def run(model_path, output_dir, calibration_images, x, y=None, config=None, name
 
     firmware = {"status": firmware_reason}
     if run_firmware:
-        firmware = _firmware(builds[micro_build]["file"], x, y, config, log)
+        firmware = _firmware(builds[micro_build]["file"], x, y, config, out / "firmware", log)
 
     benchmarks = _benchmark(builds, out, config, log)
     profiles = _profile(builds, out, config, log) if config.profile else {}
@@ -270,16 +278,32 @@ def _micro(builds, x, y, config, log):
     return reports, micro_build
 
 
-def _firmware(path, x, y, config, log):
-    """The firmware hook: the microcontroller build on an emulated Cortex-M board.
+def _firmware(path, x, y, config, output_dir, log):
+    """The firmware stage: the microcontroller build on an emulated Cortex-M board.
 
-    Calls `kcaps_tflite.firmware.run_firmware(model_path, board=, kernels=, inputs=)` (the
-    firmware issue's module) and records the dict it returns in the report's `firmware` section.
+    Calls `kcaps_tflite.firmware.run_firmware` and records the dict it returns in the report's
+    `firmware` section; its ELF, map and run files go to `output_dir`. Under `firmware="auto"` a
+    firmware that fails to build or run (compiler error, HardFault, hang, too big for the board)
+    is recorded as the section's status and the rest of the deployment goes on; under "on" it
+    stops the pipeline.
     """
     firmware = importlib.import_module(FIRMWARE_MODULE)
-    inputs = x[:config.firmware_samples]
-    result = firmware.run_firmware(path, board=config.firmware_board,
-                                   kernels=config.firmware_kernels, inputs=inputs)
+    count = min(config.firmware_samples, len(x))
+    inputs = x[:count]
+    log(f"firmware: {MICRO_BUILD_NAME} on {config.firmware_board} ({config.firmware_kernels}); "
+        f"the first run builds TFLite Micro into the cache (minutes)")
+    try:
+        result = firmware.run_firmware(path, board=config.firmware_board,
+                                       kernels=config.firmware_kernels, inputs=inputs,
+                                       labels=y[:count] if y is not None else None,
+                                       output_dir=output_dir, log=log)
+    except (firmware.FirmwareError, firmware.FirmwareSizeError,
+            firmware.firmware_build.FirmwareOpError) as error:
+        if config.firmware == "on":
+            raise
+        log(f"firmware failed (firmware 'auto': recorded, deployment goes on): {error}")
+        return {"status": f"failed: {error}", "build": MICRO_BUILD_NAME, "file": str(path),
+                "board": config.firmware_board, "kernels": config.firmware_kernels}
     section = {"status": "ran", "build": MICRO_BUILD_NAME, "file": str(path),
                "board": config.firmware_board, "kernels": config.firmware_kernels,
                "samples": len(inputs), **dict(result)}

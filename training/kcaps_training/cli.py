@@ -19,6 +19,7 @@ import sys
 from kcaps_training import config as config_lib
 from kcaps_training import distribute
 from kcaps_training import train as recipe
+from kcaps_tflite.firmware_build import FirmwareError
 
 
 def add_train_arguments(parser, **defaults):
@@ -509,6 +510,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"kcaps {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except FirmwareError as error:  # `--firmware on`: a build that fails, a crash, a hang
+        print(f"kcaps {args.command}: firmware error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -92,9 +92,9 @@ class TrainConfig:
                                 choices=kcaps.projections.SHARING_ORDERS, group=FAST)
     decoder: bool | str | None = option(None, "reconstruction decoder: the model's default, "
                                               "none, full or small", names=DECODERS, group=FAST)
-    squash: str = option("squash", "squash function of the capsule layers (default: "
-                                   "%(default)s)",
-                         choices=tuple(kcaps.ops.SQUASH_FUNCTIONS), group=FAST)
+    squash: str | None = option(None, "squash function of the capsule layers (default: the "
+                                      "model's own)",
+                                choices=tuple(kcaps.ops.SQUASHES), parse=str, group=FAST)
     steps_per_execution: int = option(1, "optimizer steps per TensorFlow call (cuts per-step "
                                          "overhead)", group=FAST)
     # XLA for the train step; off by default: it slows capsnet's convs on CPU (issue 19)
@@ -106,12 +106,15 @@ class TrainConfig:
         for field in ("epochs", "batch_size", "routing_iterations", "warm_epochs",
                       "warm_batch_size", "adabatch_size", "steps_per_execution"):
             _checks.positive_int("TrainConfig", field, getattr(self, field))
+        for field in ("learning_rate", "lr_decay"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self._fail(field, "must be a number")
         if not self.learning_rate > 0:
             self._fail("learning_rate", "must be > 0")
         if not 0 < self.lr_decay <= 1:
             self._fail("lr_decay", "must be in (0, 1]")
-        if self.max_shift < 0:
-            self._fail("max_shift", "must be >= 0")
+        _checks.non_negative_int("TrainConfig", "max_shift", self.max_shift)
         kcaps.models.get(self.model)  # unknown names fail here, before any data is loaded
         if self.dataset not in datasets.NAMES:
             raise ValueError(
@@ -124,6 +127,8 @@ class TrainConfig:
             distribute.parse_tf_config()
         for field in ("lr_policy", "batch_policy", "sharing_order", "squash"):
             choices = _metadata(field)["choices"]
+            if field == "squash" and self.squash is None:  # the model's own squash
+                continue
             if getattr(self, field) not in choices:
                 self._fail(field, f"must be one of {', '.join(choices)}")
         if self.decay_steps is not None:

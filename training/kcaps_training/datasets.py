@@ -20,7 +20,8 @@ from kcaps_training import idx
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "smallnorb")
 NAMES = ("digits", "real_digits", "idx", *TFDS_NAMES)
 REAL_DIGITS_TRAIN = 8000
-DEFAULT_MNIST_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+# training/kcaps_training/datasets.py -> the checkout is parents[2]; ../shared lies beside it
+DEFAULT_MNIST_DIR = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
 
 
 def mnist_dir():

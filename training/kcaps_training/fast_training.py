@@ -55,7 +55,7 @@ def model_options(config):
             options["sharing_order"] = config.sharing_order
     if config.decoder is not None:
         options["decoder"] = config.decoder
-    if config.squash != "squash":
+    if config.squash is not None:  # None: the model's own (efficient_capsnet's is "efficient")
         options["squash"] = config.squash
     return options
 
