@@ -10,9 +10,14 @@ from kcaps import pruning
 
 def _reference_self_attention(u, kernel, pair_bias, squash):
     """NumPy, float64: u (b, N, D), kernel (N, D, J, K), pair_bias (J, N) -> v (b, J, K)."""
-    u, kernel, pair_bias = (np.asarray(a, np.float64) for a in (u, kernel, pair_bias))
-    u_hat = np.einsum("bnd,ndjk->bjnk", u, kernel)
-    dim = kernel.shape[-1]
+    u, kernel = (np.asarray(a, np.float64) for a in (u, kernel))
+    return _reference_attention_routing(np.einsum("bnd,ndjk->bjnk", u, kernel), pair_bias, squash)
+
+
+def _reference_attention_routing(u_hat, pair_bias, squash):
+    """NumPy, float64: u_hat (b, J, N, K), pair_bias (J, N) -> v (b, J, K)."""
+    u_hat, pair_bias = np.asarray(u_hat, np.float64), np.asarray(pair_bias, np.float64)
+    dim = u_hat.shape[-1]
     agreement = np.einsum("bjnk,bjmk->bjn", u_hat, u_hat) / np.sqrt(dim)  # a_i . sum_m a_m
     e = np.exp(agreement - agreement.max(axis=1, keepdims=True))
     c = e / e.sum(axis=1, keepdims=True) + pair_bias[None]
@@ -51,11 +56,19 @@ def test_self_attention_keeps_the_projection_options():
         shared(u).numpy(), _reference_self_attention(u, full, np.zeros((4, 12)), "squash"),
         atol=1e-5, rtol=1e-5)
     pytest.importorskip("larq")
+    from test_binary_heads import numpy_xnodr_u_hat  # XnODR's u_hat, written in NumPy there
+
     binary = kcaps.layers.CapsuleDense(4, 6, routing="self_attention", projection="xnor")
-    v = binary(u)
+    binary.build(u.shape)
     assert isinstance(binary.projection, kcaps.projections.XnorProjection)
-    expected = kcaps.routing.self_attention_routing(binary.projection(u), binary.attention_bias)
-    np.testing.assert_allclose(v.numpy(), expected.numpy(), atol=1e-6)
+    w = rng.uniform(-1, 1, size=tuple(binary.kernel.shape)).astype(np.float32)
+    binary.kernel.assign(w)
+    pair_bias = rng.normal(0.0, 0.2, size=(4, 12)).astype(np.float32)
+    binary.attention_bias = pair_bias
+    u_hat = numpy_xnodr_u_hat(u.numpy(), w).transpose(0, 2, 1, 3)  # (batch, J, N, K)
+    np.testing.assert_allclose(binary(u).numpy(),
+                               _reference_attention_routing(u_hat, pair_bias, "squash"),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_efficient_squash_value_and_gradient_are_finite_at_zero():
