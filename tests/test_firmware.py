@@ -42,13 +42,14 @@ def _tiny_model(real_digits):
 @pytest.mark.slow
 @needs_toolchain
 def test_firmware_on_real_digits_equals_the_host_build_and_the_python_top1(real_digits,
-                                                                          tmp_path):
+                                                                          tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative output folder, as `kcaps firmware --output fw` gives
     model = _tiny_model(real_digits)
     data = convert.convert(model, "int8", representative_data=real_digits.x_train[:100])
     path = tmp_path / "tiny_int8.tflite"
     path.write_bytes(data)
     x, y = real_digits.x_test[:12], real_digits.y_test[:12]
-    report = firmware.run(path, "mps2-an386", "cmsis_nn", x, y, output_dir=tmp_path / "fw",
+    report = firmware.run(path, "mps2-an386", "cmsis_nn", x, y, output_dir="fw",
                           json_path=tmp_path / "firmware.json")
 
     agreement = report["agreement"]

@@ -513,7 +513,7 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
         raise ValueError("firmware.run needs inputs x (n, ...)")
     records = quantize_inputs(data, x)
     started = time.perf_counter()
-    output_dir = pathlib.Path(output_dir or tempfile.mkdtemp(prefix="kcaps-firmware-"))
+    output_dir = pathlib.Path(output_dir or tempfile.mkdtemp(prefix="kcaps-firmware-")).resolve()
     build = build_firmware(data, board.name, kernels, output_dir / f"{board.name}-{kernels}",
                            tflm_dir, arena_bytes, jobs, timeout, log, source)
     raw, values, ticks, profile, seconds = _run_program(build, records, timeout)
