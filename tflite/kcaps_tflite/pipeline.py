@@ -32,7 +32,6 @@ ValueError: PipelineConfig: unknown firmware mode 'maybe'; valid: off, auto, on
 """
 import dataclasses
 import hashlib
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -41,12 +40,12 @@ import time
 import numpy as np
 
 from kcaps_tflite import benchmark, c_export, convert, files, micro, profile, report, verify
+from kcaps_tflite import firmware as firmware_module
 
 MICRO_BUILD_NAME = "int8_micro"  # the microcontroller build's name in files and the report
 PROFILED = ("float32", "int8")  # builds whose operators are profiled (builtin kernels, 1 thread)
 FIRMWARE_MODES = ("off", "auto", "on")
-# What the firmware stage needs here: the module of the firmware issue and its two tools.
-FIRMWARE_MODULE = "kcaps_tflite.firmware"
+# The two tools the firmware stage drives; named first when missing (then firmware.available()).
 FIRMWARE_TOOLS = ("arm-none-eabi-gcc", "qemu-system-arm")
 
 
@@ -102,14 +101,13 @@ class PipelineConfig:
         if self.firmware not in FIRMWARE_MODES:
             raise ValueError(f"PipelineConfig: unknown firmware mode {self.firmware!r}; valid: "
                              f"{', '.join(FIRMWARE_MODES)}")
-        firmware = importlib.import_module(FIRMWARE_MODULE)
-        if self.firmware_board not in firmware.BOARDS:
+        if self.firmware_board not in firmware_module.BOARDS:
             raise ValueError(f"PipelineConfig: unknown firmware board {self.firmware_board!r}; "
-                             f"valid: {', '.join(firmware.BOARDS.names())}")
-        if self.firmware_kernels not in firmware.firmware_build.KERNEL_SETS:
+                             f"valid: {', '.join(firmware_module.BOARDS.names())}")
+        if self.firmware_kernels not in firmware_module.firmware_build.KERNEL_SETS:
             raise ValueError(f"PipelineConfig: unknown firmware kernels "
                              f"{self.firmware_kernels!r}; valid: "
-                             f"{', '.join(firmware.firmware_build.KERNEL_SETS)}")
+                             f"{', '.join(firmware_module.firmware_build.KERNEL_SETS)}")
 
     def builds(self):
         """`(build name, precision, convert options)` of every build, in report order."""
@@ -120,12 +118,12 @@ class PipelineConfig:
 
 
 def firmware_missing():
-    """What the firmware stage lacks on this machine (empty when nothing): the firmware module
-    (`kcaps_tflite.firmware`) and the tools it drives (Arm GCC, QEMU) on PATH."""
-    missing = [] if importlib.util.find_spec(FIRMWARE_MODULE) else [FIRMWARE_MODULE]
-    missing += [tool for tool in FIRMWARE_TOOLS if shutil.which(tool) is None]
-    if not missing:  # newlib, the C++ headers, the TFLite Micro sources
-        problem = importlib.import_module(FIRMWARE_MODULE).available()
+    """What the firmware stage lacks on this machine (empty when nothing): the tools it drives
+    (Arm GCC, QEMU) on PATH, else what `firmware.available()` finds missing (newlib, the C++
+    headers, the TFLite Micro sources)."""
+    missing = [tool for tool in FIRMWARE_TOOLS if shutil.which(tool) is None]
+    if not missing:
+        problem = firmware_module.available()
         missing += [problem] if problem else []
     return missing
 
@@ -287,18 +285,17 @@ def _firmware(path, x, y, config, output_dir, log):
     is recorded as the section's status and the rest of the deployment goes on; under "on" it
     stops the pipeline.
     """
-    firmware = importlib.import_module(FIRMWARE_MODULE)
     count = min(config.firmware_samples, len(x))
     inputs = x[:count]
     log(f"firmware: {MICRO_BUILD_NAME} on {config.firmware_board} ({config.firmware_kernels}); "
         f"the first run builds TFLite Micro into the cache (minutes)")
     try:
-        result = firmware.run_firmware(path, board=config.firmware_board,
-                                       kernels=config.firmware_kernels, inputs=inputs,
-                                       labels=y[:count] if y is not None else None,
-                                       output_dir=output_dir, log=log)
-    except (firmware.FirmwareError, firmware.FirmwareSizeError,
-            firmware.firmware_build.FirmwareOpError) as error:
+        result = firmware_module.run_firmware(path, board=config.firmware_board,
+                                              kernels=config.firmware_kernels, inputs=inputs,
+                                              labels=y[:count] if y is not None else None,
+                                              output_dir=output_dir, log=log)
+    except (firmware_module.FirmwareError, firmware_module.FirmwareSizeError,
+            firmware_module.firmware_build.FirmwareOpError) as error:
         if config.firmware == "on":
             raise
         log(f"firmware failed (firmware 'auto': recorded, deployment goes on): {error}")
