@@ -2,8 +2,8 @@
 against dynamic routing, in one run (issue 18).
 
     python -m benchmarks.efficient_capsnet [--seeds 0 1 2] [--small-seeds 0] [--decoder-seeds]
-        [--epochs 10] [--rounds 3] [--timing-steps 20] [--output runs/efficient_capsnet]
-        [--skip routing timing train]
+        [--authors-seeds] [--epochs 10] [--rounds 3] [--timing-steps 20]
+        [--output runs/efficient_capsnet] [--skip routing timing train deploy]
 
 Recipe (the issue's): 8,000 training / 2,000 test real digits, 10 epochs, batch 64, Adam 5e-4
 decayed by 0.97 per epoch, no augmentation. Prints, in this order:
@@ -18,9 +18,13 @@ decayed by 0.97 per epoch, no augmentation. Prints, in this order:
    each; median x 125 steps = seconds per epoch), and whether the authors' formulation
    converts with builtin ops.
 3. Per trained model (reused from `--output` when it is there; `--decoder-seeds`: efficient_capsnet
-   trained with its reconstruction decoder, as the authors train it): test accuracy per seed and the
-   median, parameters, seconds per epoch of the full run, int8 size, TFLite Micro arena (the
-   microcontroller build) and host latency with the official tool (1 thread, XNNPACK, int8).
+   trained with the authors' generator, as they train it; `--authors-seeds`: the authors'
+   formulation below, DepthwiseConv2D variant, trained with the same generator and recipe): test
+   accuracy per seed (after the last epoch) and the median, the best epoch's test accuracy (what
+   the authors' checkpoint keeps: it monitors accuracy on the test data), parameters, seconds
+   per epoch of the full run; unless `--skip deploy`, for the first seed of kcaps' models: int8
+   size, TFLite Micro arena (the microcontroller build) and host latency with the official tool
+   (1 thread, XNNPACK, int8).
 
 "Authors' formulation" is rebuilt here from reading EscVM/Efficient-CapsNet (utils/layers.py,
 models/efficient_capsnet_graph_mnist.py): a grouped Conv2D (groups = channels) for the primary
@@ -42,7 +46,8 @@ import kcaps  # noqa: I001  (first: Keras 2 behind tf.keras)
 import tensorflow as tf
 
 from benchmarks.common import print_table
-from kcaps.models.efficient_capsnet import CONVOLUTIONS
+from kcaps.models.capsule_model import LABEL_INPUT, RECONSTRUCTION
+from kcaps.models.efficient_capsnet import CONVOLUTIONS, GENERATOR_INITIALIZERS
 from kcaps_tflite import benchmark, convert, pipeline
 from kcaps_training import datasets
 from kcaps_training import train as recipe
@@ -78,8 +83,12 @@ class AuthorsFCCaps(tf.keras.layers.Layer):
         return _authors_squash(tf.reduce_sum(u * c, axis=-2))
 
 
-def authors_formulation(input_shape=(28, 28, 1), num_classes=10, grouped=True):
-    """`grouped=False`: the primary capsules' grouped Conv2D as a DepthwiseConv2D (same maths)."""
+def authors_formulation(input_shape=(28, 28, 1), num_classes=10, grouped=True, decoder=False):
+    """`grouped=False`: the primary capsules' grouped Conv2D as a DepthwiseConv2D (same maths).
+
+    `decoder=True`: their training graph, with their generator (kcaps' mask and decoder with
+    their initializers: the same maths as their `Mask` and `generator_graph`).
+    """
     image = tf.keras.Input(input_shape)
     h = image
     for filters, kernel, stride in CONVOLUTIONS:
@@ -94,7 +103,14 @@ def authors_formulation(input_shape=(28, 28, 1), num_classes=10, grouped=True):
     caps = AuthorsFCCaps(num_classes, 16)(primary)
     lengths = tf.keras.layers.Lambda(
         lambda v: tf.sqrt(tf.reduce_sum(tf.square(v), -1) + 1e-7), name="lengths")(caps)
-    return kcaps.models.CapsuleModel(image, lengths, name="authors_formulation")
+    if not decoder:
+        return kcaps.models.CapsuleModel(image, lengths, name="authors_formulation")
+    label = tf.keras.Input((num_classes,), name=LABEL_INPUT)
+    masked = kcaps.layers.CapsuleMask()([caps, label])
+    reconstruction = kcaps.layers.CapsuleDecoder(input_shape, name=RECONSTRUCTION,
+                                                 **GENERATOR_INITIALIZERS)(masked)
+    return kcaps.models.CapsuleModel([image, label], [lengths, reconstruction],
+                                     name="authors_formulation")
 
 
 # --- 1. the routing layer alone ---
@@ -188,17 +204,45 @@ def authors_conversion():
 
 # --- 3. training runs and deployment figures ---
 
+AUTHORS = "authors' formulation+decoder"
+
+
 def trained(model, seed, epochs, data, output):
-    """Train `model` (a registered name, `+decoder` for its reconstruction decoder) or reuse it."""
+    """Train `model` (a registered name, `+decoder` for its reconstruction decoder, or `AUTHORS`)
+    or reuse it."""
     name, decoder = model.split("+")[0], model.endswith("+decoder")
-    out = pathlib.Path(output) / f"{model.replace('+', '_')}_seed{seed}"
-    if (out / "metrics.json").exists() and (out / "model.keras").exists():
+    slug = "authors_formulation_decoder" if model == AUTHORS else model.replace("+", "_")
+    out = pathlib.Path(output) / f"{slug}_seed{seed}"
+    if (out / "metrics.json").exists() and (model == AUTHORS or (out / "model.keras").exists()):
         print(f"reusing {out}")
         return out, json.loads((out / "metrics.json").read_text())
-    config = recipe.TrainConfig(model=name, dataset="real_digits", epochs=epochs,
-                                output_dir=str(out), seed=seed, verbose=2,
-                                decoder=True if decoder else None, **RECIPE)
-    return out, recipe.train(config, data=data).metrics
+    config = recipe.TrainConfig(model="efficient_capsnet" if model == AUTHORS else name,
+                                dataset="real_digits", epochs=epochs, output_dir=str(out),
+                                seed=seed, verbose=2, decoder=True if decoder else None, **RECIPE)
+    if model != AUTHORS:
+        return out, recipe.train(config, data=data).metrics
+    # the same recipe (`kcaps_training.train.fit`, seed, data, evaluation) on a model that
+    # kcaps cannot save (Lambda layers): metrics.json only
+    out.mkdir(parents=True, exist_ok=True)
+    tf.keras.utils.set_random_seed(seed)
+    built = authors_formulation(data.input_shape, data.num_classes, grouped=False, decoder=True)
+    recipe.fit(built, data, config, output_dir=str(out), validation_data=datasets.pipeline(
+        data.x_test, data.y_test, config.batch_size))
+    run = recipe.read_log(str(out / "log.csv"))
+    metrics = {"model": AUTHORS, "dataset": data.describe(),
+               "parameters": int(built.count_params()),
+               "test_accuracy": recipe.evaluate(built, data.x_test, data.y_test)["accuracy"],
+               "seconds_per_epoch": float(np.mean(run["epoch_seconds"])),
+               "history": {k: v for k, v in run.items() if k != "epoch"}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out, metrics
+
+
+def best_epoch_accuracy(metrics):
+    """The best epoch's test accuracy in the run's log (the authors' checkpoint choice)."""
+    history = metrics.get("history", {})
+    keys = [k for k in history if k.startswith("val_") and k.endswith("accuracy")]
+    return max(history[keys[0]]) if keys else float("nan")
 
 
 def deployment(path, data, num_runs):
@@ -235,12 +279,15 @@ def main(argv=None):
     parser.add_argument("--small-seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--decoder-seeds", type=int, nargs="*", default=[],
                         help="seeds of efficient_capsnet trained with its reconstruction decoder")
+    parser.add_argument("--authors-seeds", type=int, nargs="*", default=[],
+                        help="seeds of the authors' formulation (DepthwiseConv2D) trained with "
+                             "their generator")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timing-steps", type=int, default=20)
     parser.add_argument("--num-runs", type=int, default=100)
     parser.add_argument("--output", default="runs/efficient_capsnet")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["routing", "timing", "train"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["routing", "timing", "train", "deploy"])
     args = parser.parse_args(argv)
     data = datasets.load("real_digits")
     print(f"{data.describe()}; recipe {RECIPE}, {args.epochs} epochs; "
@@ -265,7 +312,7 @@ def main(argv=None):
     if "train" in args.skip:
         return 0
     runs = {"efficient_capsnet": args.seeds, "efficient_capsnet+decoder": args.decoder_seeds,
-            "small_capsnet": args.small_seeds}
+            AUTHORS: args.authors_seeds, "small_capsnet": args.small_seeds}
     results = {}
     for model, seeds in runs.items():
         for seed in seeds:
@@ -275,24 +322,28 @@ def main(argv=None):
         if not seeds:
             continue
         accuracies = [results[(model, s)][1]["test_accuracy"] for s in seeds]
+        best = [best_epoch_accuracy(results[(model, s)][1]) for s in seeds]
         path, metrics = results[(model, seeds[0])]
-        deploy = deployment(path, data, args.num_runs)
-        paths[model] = deploy.pop("tflite")
+        deploy = {}
+        if "deploy" not in args.skip and model != AUTHORS:
+            deploy = deployment(path, data, args.num_runs)
+            paths[model] = deploy.pop("tflite")
         rows.append({
             "model": model, "seeds": " ".join(str(s) for s in seeds),
             "accuracy per seed": " ".join(f"{a:.2%}" for a in accuracies),
             "median": f"{statistics.median(accuracies):.2%}",
+            "best epoch per seed": " ".join(f"{a:.2%}" for a in best),
             "parameters": f"{metrics['parameters']:,}",
             "s / epoch (run)": np.mean([results[(model, s)][1]["seconds_per_epoch"]
                                         for s in seeds]),
             **{k: (f"{v:,}" if isinstance(v, int) else v) for k, v in deploy.items()}})
-    latency = latencies(paths, args.rounds, args.num_runs)
+    latency = latencies(paths, args.rounds, args.num_runs) if paths else {}
     for row in rows:
-        row["host us (int8, 1 thread)"] = latency[row["model"]]
+        row["host us (int8, 1 thread)"] = latency.get(row["model"], "-")
     print(f"\n3. Trained on {data.describe()} (deployment figures for the first seed; latency: "
           f"kcaps_tflite.benchmark, median of {args.rounds} interleaved rounds of "
           f"{args.num_runs} runs)")
-    print_table(rows, list(rows[0]))
+    print_table(rows, list(dict.fromkeys(k for row in rows for k in row)))
     return 0
 
 

@@ -454,11 +454,27 @@ class CapsuleMask(tf.keras.layers.Layer, WeightlessPrunable):
 class CapsuleDecoder(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     """The reconstruction decoder of Sabour et al. (2017): ReLU 512 -> ReLU 1024 -> sigmoid pixels.
 
+    Args:
+      target_shape: shape of one reconstruction (e.g. `(28, 28, 1)`).
+      hidden_units: sizes of the ReLU layers.
+      kernel_initializer: of the ReLU layers' kernels (Keras' default `"glorot_uniform"`;
+        Efficient-CapsNet's generator: `"he_normal"`).
+      pixels_initializer: of the sigmoid pixel layer's kernel; None (default): the same as
+        `kernel_initializer` (Efficient-CapsNet's generator: `"glorot_normal"`).
+      Biases start at zero.
+
     Input shape: `(batch, features)` (a masked, flattened capsule layer).
     Output shape: `(batch, *target_shape)`.
+
+    >>> decoder = CapsuleDecoder((28, 28, 1), kernel_initializer="he_normal",
+    ...                          pixels_initializer="glorot_normal")
+    >>> decoder.build((None, 160))
+    >>> decoder.count_params()     # 160*512+512 + 512*1024+1024 + 1024*784+784
+    1411344
     """
 
-    def __init__(self, target_shape, hidden_units=(512, 1024), **kwargs):
+    def __init__(self, target_shape, hidden_units=(512, 1024), kernel_initializer="glorot_uniform",
+                 pixels_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.target_shape = tuple(int(d) for d in target_shape)
         self.hidden_units = tuple(
@@ -466,9 +482,16 @@ class CapsuleDecoder(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
         size = 1
         for d in self.target_shape:
             size *= _checks.positive_int("CapsuleDecoder", "target_shape", d)
-        self.hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"dense_{k}")
+        self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
+        self.pixels_initializer = tf.keras.initializers.get(
+            kernel_initializer if pixels_initializer is None else pixels_initializer)
+        # one initializer object per layer: Keras draws the same values from a reused instance
+        fresh = tf.keras.initializers.serialize
+        self.hidden = [tf.keras.layers.Dense(u, activation="relu", name=f"dense_{k}",
+                                             kernel_initializer=fresh(self.kernel_initializer))
                        for k, u in enumerate(self.hidden_units)]
-        self.pixels = tf.keras.layers.Dense(size, activation="sigmoid", name="pixels")
+        self.pixels = tf.keras.layers.Dense(size, activation="sigmoid", name="pixels",
+                                            kernel_initializer=fresh(self.pixels_initializer))
 
     def build(self, input_shape):
         shape = tf.TensorShape(input_shape)
@@ -491,5 +514,7 @@ class CapsuleDecoder(tf.keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(target_shape=self.target_shape, hidden_units=self.hidden_units)
+        config.update(target_shape=self.target_shape, hidden_units=self.hidden_units,
+                      kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer),
+                      pixels_initializer=tf.keras.initializers.serialize(self.pixels_initializer))
         return config

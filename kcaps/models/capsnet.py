@@ -20,11 +20,12 @@ def image_input(owner, input_shape, min_size):
 
 
 def capsule_head(features, num_classes, capsule_dim, routing_iterations, decoder, image, name,
-                 **capsule_kwargs):
+                 decoder_options=None, **capsule_kwargs):
     """Class capsules + lengths (+ masked decoder): the shared top of every kcaps model.
 
     `decoder`: falsy for none, True for Sabour et al.'s (all capsules, masked), `"small"` for
-    FasTrCaps' (only the selected capsule, `kcaps.small_decoder`).
+    FasTrCaps' (only the selected capsule, `kcaps.small_decoder`). `decoder_options`: more
+    `CapsuleDecoder` arguments (e.g. its initializers).
     """
     _checks.positive_int(name, "num_classes", num_classes)
     if decoder not in (None, False, True, "small"):
@@ -38,7 +39,8 @@ def capsule_head(features, num_classes, capsule_dim, routing_iterations, decoder
     label = tf.keras.Input((num_classes,), name=LABEL_INPUT)
     select = SelectedCapsule if decoder == "small" else CapsuleMask
     masked = select(name="mask")([capsules, label])
-    reconstruction = CapsuleDecoder(image.shape[1:], name=RECONSTRUCTION)(masked)
+    reconstruction = CapsuleDecoder(image.shape[1:], name=RECONSTRUCTION,
+                                    **(decoder_options or {}))(masked)
     return CapsuleModel([image, label], [lengths, reconstruction], name=name)
 
 

@@ -16,6 +16,8 @@ from kcaps.models.capsnet import capsule_head, image_input
 
 # (filters, kernel, stride) of the authors' four convolutions ("valid" padding, ReLU, then BN)
 CONVOLUTIONS = ((32, 5, 1), (64, 3, 1), (64, 3, 1), (128, 3, 2))
+# The authors' generator: He-normal ReLU layers, a Glorot-normal sigmoid layer, zero biases.
+GENERATOR_INITIALIZERS = dict(kernel_initializer="he_normal", pixels_initializer="glorot_normal")
 
 
 def efficient_capsnet(input_shape=(28, 28, 1), num_classes=10, decoder=False,
@@ -32,8 +34,11 @@ def efficient_capsnet(input_shape=(28, 28, 1), num_classes=10, decoder=False,
     Args:
       input_shape: `(height, width, channels)`, at least 11x11.
       num_classes: number of class capsules.
-      decoder: False (default), True (the authors' 512-1024-pixels reconstruction decoder, masked
-        by the label while training, as `kcaps.layers.CapsuleDecoder`) or `"small"`.
+      decoder: False (default), True (the authors' generator: `kcaps.layers.CapsuleDecoder`,
+        512-1024-pixels, with their initializers `GENERATOR_INITIALIZERS`, fed the class
+        capsules masked by the label while training) or `"small"`. Trained by
+        `CapsuleModel.compile`'s default losses, this is the authors' training graph: margin
+        loss + 0.392 x the mean squared error (= 0.0005 x the sum).
       routing_iterations: accepted for a uniform builder signature; self-attention routing has
         no iterations, so any value but 3 is refused.
       squash: the squash of the primary and class capsules (the authors': `"efficient"`).
@@ -69,4 +74,4 @@ def efficient_capsnet(input_shape=(28, 28, 1), num_classes=10, decoder=False,
     capsule_kwargs.setdefault("kernel_initializer", "he_normal")
     capsule_kwargs["squash"] = squash
     return capsule_head(primary, num_classes, capsule_dim, routing_iterations, decoder, image,
-                        owner, **capsule_kwargs)
+                        owner, decoder_options=GENERATOR_INITIALIZERS, **capsule_kwargs)
