@@ -75,6 +75,7 @@ class AuthorsFCCaps(tf.keras.layers.Layer):
                                                   self.capsule_dim), initializer="he_normal")
         self.b = self.add_weight(name="b", shape=(self.num_capsules, num_in, 1),
                                  initializer="zeros")
+        super().build(input_shape)
 
     def call(self, inputs):
         u = tf.einsum("bid,jide->bjie", inputs, self.w)  # (batch, out, in, dim)

@@ -30,6 +30,8 @@ def test_keras_layer_test_for_capsule_dense():
     (kcaps.layers.PrimaryCapsules, {"capsule_types": 4, "capsule_dim": 8, "kernel_size": 3,
                                     "strides": 2, "squash": "approx"}),
     (kcaps.layers.CapsuleDecoder, {"target_shape": (28, 28, 1), "hidden_units": (16, 32)}),
+    (kcaps.layers.CapsuleDecoder, {"target_shape": (8, 8, 1), "kernel_initializer": "he_normal",
+                                   "pixels_initializer": "glorot_normal"}),
 ])
 def test_get_config_round_trips(layer_class, kwargs):
     layer = layer_class(**kwargs)
@@ -69,6 +71,32 @@ def test_decoder_shapes():
     out = decoder(tf.zeros([2, 160]))
     assert out.shape == (2, 28, 28, 1)
     assert decoder.count_params() == 160 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 784 + 784
+
+
+def test_decoder_initializers_draw_their_spread_and_old_configs_keep_glorot_uniform():
+    def spreads(decoder):
+        return [float(np.std(layer.kernel.numpy())) for layer in decoder.hidden + [decoder.pixels]]
+
+    # He-normal: std sqrt(2 / fan_in); Glorot (normal or uniform): sqrt(2 / (fan_in + fan_out))
+    fans = [(160, 512), (512, 1024), (1024, 784)]
+    he, glorot = ([np.sqrt(2 / i) for i, _ in fans], [np.sqrt(2 / (i + o)) for i, o in fans])
+    authors = kcaps.layers.CapsuleDecoder((28, 28, 1), kernel_initializer="he_normal",
+                                          pixels_initializer="glorot_normal")
+    authors.build((None, 160))
+    np.testing.assert_allclose(spreads(authors), he[:2] + glorot[2:], rtol=0.03)
+    config = authors.get_config()
+    assert config["kernel_initializer"]["class_name"] == "HeNormal"
+    assert config["pixels_initializer"]["class_name"] == "GlorotNormal"
+    for key in ("kernel_initializer", "pixels_initializer"):  # a config saved before the option
+        del config[key]
+    old = kcaps.layers.CapsuleDecoder.from_config(config)
+    old.build((None, 160))
+    np.testing.assert_allclose(spreads(old), glorot, rtol=0.03)
+    assert old.get_config()["pixels_initializer"]["class_name"] == "GlorotUniform"
+    # one initializer per layer: equal shapes must not get equal draws
+    same = kcaps.layers.CapsuleDecoder((8, 8, 1), hidden_units=(64, 64), kernel_initializer="he_normal")
+    same.build((None, 64))
+    assert not np.array_equal(same.hidden[0].kernel.numpy(), same.hidden[1].kernel.numpy())
 
 
 @pytest.mark.parametrize("shape", [(None, 1152), (None, 6, 6, 8)])

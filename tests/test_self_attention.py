@@ -168,6 +168,10 @@ def test_efficient_capsnet_has_the_papers_parameter_count_and_is_registered():
     assert kcaps.models.get("efficient_capsnet") is kcaps.models.efficient_capsnet
     with_decoder = kcaps.models.efficient_capsnet(decoder=True)
     assert with_decoder.output_names == ["lengths", "reconstruction"]
+    generator = with_decoder.get_layer("reconstruction")  # the authors' generator
+    assert generator.count_params() == 160 * 512 + 512 + 512 * 1024 + 1024 + 1024 * 784 + 784
+    assert [type(layer.kernel_initializer).__name__ for layer in
+            generator.hidden + [generator.pixels]] == ["HeNormal", "HeNormal", "GlorotNormal"]
     from kcaps_training import train
 
     train.TrainConfig(model="efficient_capsnet")  # `kcaps train --model efficient_capsnet`
@@ -211,6 +215,8 @@ def test_efficient_capsnet_saves_and_loads(tmp_path, save_format):
     loaded = tf.keras.models.load_model(path)
     _compare_outputs(model, loaded, x)
     if save_format == "keras":
+        assert (loaded.get_layer("reconstruction").get_config()
+                == model.get_layer("reconstruction").get_config())
         caps = loaded.get_layer("class_capsules")
         np.testing.assert_allclose(caps.attention_bias.numpy(),
                                    model.get_layer("class_capsules").attention_bias.numpy())
