@@ -288,7 +288,8 @@ def main(argv=None):
     parser.add_argument("--timing-steps", type=int, default=20)
     parser.add_argument("--num-runs", type=int, default=100)
     parser.add_argument("--output", default="runs/efficient_capsnet")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["routing", "timing", "train", "deploy"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["routing", "timing", "train", "deploy"])
     args = parser.parse_args(argv)
     data = datasets.load("real_digits")
     print(f"{data.describe()}; recipe {RECIPE}, {args.epochs} epochs; "

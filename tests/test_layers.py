@@ -94,7 +94,8 @@ def test_decoder_initializers_draw_their_spread_and_old_configs_keep_glorot_unif
     np.testing.assert_allclose(spreads(old), glorot, rtol=0.03)
     assert old.get_config()["pixels_initializer"]["class_name"] == "GlorotUniform"
     # one initializer per layer: equal shapes must not get equal draws
-    same = kcaps.layers.CapsuleDecoder((8, 8, 1), hidden_units=(64, 64), kernel_initializer="he_normal")
+    same = kcaps.layers.CapsuleDecoder((8, 8, 1), hidden_units=(64, 64),
+                                       kernel_initializer="he_normal")
     same.build((None, 64))
     assert not np.array_equal(same.hidden[0].kernel.numpy(), same.hidden[1].kernel.numpy())
 
