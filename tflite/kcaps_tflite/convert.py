@@ -23,7 +23,8 @@ between a DEQUANTIZE and a QUANTIZE (`kcaps_tflite.float_islands`). Two more int
 the integers and change how runtimes compute them: the forms XNNPACK runs in int8
 (`kcaps_tflite.xnnpack_int8`, on by default) and every SUM as MEAN times the count, which
 LiteRT's reference kernels, its builtin kernels and TFLite Micro compute alike
-(`kcaps_tflite.int8_sums`, off by default).
+(`kcaps_tflite.int8_sums`, off by default), and in the microcontroller build each such MEAN as
+an all-ones FULLY_CONNECTED, which CMSIS-NN accelerates (`kcaps_tflite.cmsis_nn_int8`).
 
 >>> import kcaps, numpy as np
 >>> from kcaps_tflite import convert
@@ -42,12 +43,12 @@ import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 
 from kcaps.models import capsule_model
-from kcaps_tflite import files, float_islands, int8_sums, xnnpack_int8
+from kcaps_tflite import cmsis_nn_int8, files, float_islands, int8_sums, xnnpack_int8
 
 PRECISIONS = ("float32", "float16", "dynamic", "int8", "binary")
 DEFAULT_CALIBRATION_SAMPLES = 200
 # `convert` options of the int8 build for a microcontroller (`kcaps convert --for-micro`).
-MICRO_BUILD = {"xnnpack_forms": False, "sums_as_means": True}
+MICRO_BUILD = {"xnnpack_forms": False, "sums_as_means": True, "cmsis_nn_forms": True}
 
 
 def load_model(path):
@@ -139,7 +140,7 @@ def _converter(model, precision, representative_data):
 
 
 def convert(model, precision="float32", representative_data=None, micro_compatible=True,
-            xnnpack_forms=True, sums_as_means=False):
+            xnnpack_forms=True, sums_as_means=False, cmsis_nn_forms=False):
     """Convert a Keras model (or the path of a saved one) to `.tflite` bytes.
 
     Args:
@@ -155,7 +156,11 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
       sums_as_means: for `int8`, write every SUM as MEAN times the count: the same integers,
         which TFLite Micro and LiteRT's builtin and reference kernels compute alike
         (`kcaps_tflite.int8_sums`; off by default: it adds about 1.2 KB). A microcontroller
-        build takes `MICRO_BUILD`: no XNNPACK forms, SUMs as MEANs (`kcaps convert --for-micro`).
+        build takes `MICRO_BUILD`: no XNNPACK forms, SUMs as MEANs, CMSIS-NN forms
+        (`kcaps convert --for-micro`).
+      cmsis_nn_forms: for `int8`, compute every MEAN that keeps its integers as an all-ones
+        FULLY_CONNECTED, which TFLite Micro's CMSIS-NN kernels accelerate
+        (`kcaps_tflite.cmsis_nn_int8`; off by default, on in `MICRO_BUILD`).
     Returns:
       The flatbuffer as bytes.
     Raises:
@@ -186,6 +191,8 @@ def convert(model, precision="float32", representative_data=None, micro_compatib
         flatbuffer = xnnpack_int8.symmetric_batch_matmul(flatbuffer)
     if precision == "int8" and sums_as_means:
         flatbuffer = int8_sums.sums_as_means(flatbuffer)
+    if precision == "int8" and cmsis_nn_forms:
+        flatbuffer = cmsis_nn_int8.means_as_fully_connected(flatbuffer)
     if precision == "int8" and micro_compatible:
         flatbuffer = float_islands.to_float(flatbuffer)
     return files.check_tflite_bytes(flatbuffer, f"{precision} converter output")
