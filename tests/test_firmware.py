@@ -1,7 +1,10 @@
 """Firmware: an int8 model built as TFLite Micro firmware and run on an emulated Cortex-M4.
 
-One real build and run (a three-operator model, so few kernels: the cold TFLite Micro build is a
-few minutes, cached afterwards), then the bad inputs, none of which builds TFLite Micro.
+One real build and run (a small model of few operators, so few kernels: the cold TFLite Micro
+build is a few minutes, cached afterwards): the microcontroller build, whose SUMs are computed as
+all-ones FULLY_CONNECTED (`kcaps_tflite.cmsis_nn_int8`), held bit for bit against the host build
+of the same model and of the model without that rewrite. Then the bad inputs, none of which
+builds TFLite Micro.
 """
 import pathlib
 import subprocess
@@ -10,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcaps_tflite import convert, firmware, firmware_build
+from kcaps_tflite import convert, firmware, firmware_build, graph
 
 MISSING = firmware.available()
 
@@ -28,10 +31,15 @@ needs_toolchain = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
 def _tiny_model(real_digits):
-    """Conv (stride 2) -> flatten -> dense, trained one epoch on 4,000 real digits."""
+    """Conv (stride 2) -> dense of three features: the feature map, its sum over rows (a
+    reduction over an axis that is not the last) and its squared length per pixel (over the
+    last axis), trained one epoch on 4,000 real digits."""
     inputs = tf.keras.Input(real_digits.x_train.shape[1:])
     h = tf.keras.layers.Conv2D(8, 5, strides=2, activation="relu")(inputs)
-    outputs = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(h))
+    rows = tf.keras.layers.Lambda(lambda t: tf.reduce_sum(t, axis=1))(h)
+    squares = tf.keras.layers.Lambda(lambda t: tf.reduce_sum(t * t, axis=-1))(h)
+    outputs = tf.keras.layers.Add()([tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(t))
+                                     for t in (h, rows, squares)])
     model = tf.keras.Model(inputs, outputs)
     model.compile("adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(real_digits.x_train[:4000], real_digits.y_train[:4000], epochs=1, batch_size=64,
@@ -45,7 +53,12 @@ def test_firmware_on_real_digits_equals_the_host_build_and_the_python_top1(real_
                                                                           tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative output folder, as `kcaps firmware --output fw` gives
     model = _tiny_model(real_digits)
-    data = convert.convert(model, "int8", representative_data=real_digits.x_train[:100])
+    calibration = real_digits.x_train[:100]
+    data = convert.convert(model, "int8", representative_data=calibration, **convert.MICRO_BUILD)
+    means = convert.convert(model, "int8", representative_data=calibration,
+                            **{**convert.MICRO_BUILD, "cmsis_nn_forms": False})
+    assert graph.read(means).op_counts()["MEAN"] == 2  # the two SUMs, as int8_sums writes them
+    assert "MEAN" not in graph.read(data).op_counts()
     path = tmp_path / "tiny_int8.tflite"
     path.write_bytes(data)
     x, y = real_digits.x_test[:12], real_digits.y_test[:12]
@@ -59,9 +72,17 @@ def test_firmware_on_real_digits_equals_the_host_build_and_the_python_top1(real_
     raw = np.fromfile(report["outputs_path"], np.int8).reshape(12, 10)
     keras_top1 = model.predict(x, verbose=0).argmax(-1)
     assert np.mean(raw.argmax(-1) == keras_top1) >= 0.9
+    # Same integers as the model before the rewrite: its host build (reference MEAN kernel).
+    host = firmware.build_host(means, tmp_path / "host_means")
+    before, *_ = firmware._run_program(host, firmware.quantize_inputs(means, x), timeout=120)
+    np.testing.assert_array_equal(np.frombuffer(before, np.int8).reshape(12, 10), raw)
 
+    # The rows' sum is a TRANSPOSE (rows last) and an all-ones FULLY_CONNECTED + RESHAPE; the
+    # squared lengths an all-ones FULLY_CONNECTED; their count MULs are gone.
     assert [r["op"] for r in report["profile"]["operators"]] == [
-        "CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+        "CONV_2D", "RESHAPE", "FULLY_CONNECTED", "TRANSPOSE", "FULLY_CONNECTED", "RESHAPE",
+        "RESHAPE", "FULLY_CONNECTED", "MUL", "FULLY_CONNECTED", "RESHAPE", "FULLY_CONNECTED",
+        "ADD", "ADD"]
     cost = report["cost"]
     assert 1e4 < cost["instructions_min"] <= cost["instructions_per_inference"] < 1e8
     assert report["profile"]["profiled_instructions"] <= cost["instructions_max"]

@@ -157,9 +157,10 @@ def _signature(tensor):
     return [int(d) for d in tensor.shapeSignature]
 
 
-def _identity_count_mul(obj, subgraph, op, mean_index):
+def _identity_count_mul(obj, subgraph, op, mean_index, mean_scale=None):
     """Whether MUL `op` of the MEAN's output by a constant hands every int8 value on unchanged
-    (`int8_sums`' count MUL): same zero point, requantization the identity on [-128, 127]."""
+    (`int8_sums`' count MUL): same zero point, requantization the identity on [-128, 127] (with
+    the MEAN's output at `mean_scale` when given)."""
     if builtin_code(obj, op) != schema.BuiltinOperator.MUL or len(op.inputs) != 2:
         return False
     options = op.builtinOptions
@@ -177,10 +178,35 @@ def _identity_count_mul(obj, subgraph, op, mean_index):
     (s_mean, z_mean), (s_factor, z_factor), (s_out, z_out) = params
     if z_out != z_mean or _shape(output) != _shape(mean):
         return False
+    s_mean = s_mean if mean_scale is None else mean_scale
     multiplier, shift = quantize_multiplier(s_mean * s_factor / s_out)
     x = np.arange(-128 - z_mean, 128 - z_mean)
     return bool(np.array_equal(
         multiply_by_quantized_multiplier(x * (int(value[0]) - z_factor), multiplier, shift), x))
+
+
+def _rescaled_mean(obj, subgraph, mul, mean_index, input_scale, target):
+    """`(output scale, weight scale)` for a FULLY_CONNECTED that writes the MEAN's output at a
+    float32 scale near its own, so that the FULLY_CONNECTED's requantization is `target` while the
+    count MUL stays the identity; None when no scale within `SEARCH_ULPS * 8` float32 steps does.
+    (Two free scales reach a 31-bit multiplier that one float32 scale reaches about once in 128.)"""
+    multiplier, shift = target
+    if not (1 << 30) <= multiplier < (1 << 31):
+        return None
+    up = down = np.float32(_scale_zero(subgraph.tensors[mean_index])[0])
+    for _ in range(SEARCH_ULPS * 8):
+        for output_scale in (up, down):
+            estimate = np.float32(float(output_scale) * multiplier * 2.0 ** (shift - 31)
+                                  / float(np.float32(input_scale)))
+            for weight in (estimate, np.nextafter(estimate, np.float32(0)),
+                           np.nextafter(estimate, np.float32(np.inf))):
+                if (fully_connected_multiplier(input_scale, weight, output_scale) == target
+                        and _identity_count_mul(obj, subgraph, mul, mean_index,
+                                                float(output_scale))):
+                    return float(output_scale), float(weight)
+        up = np.nextafter(up, np.float32(np.inf))
+        down = np.nextafter(down, np.float32(0))
+    return None
 
 
 def _uses(subgraph):
@@ -234,16 +260,27 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
     kept = [a for a in range(len(shape)) if a not in reduced]
     target = mean_multiplier(_scale_zero(source)[0], _scale_zero(mean)[0], count)
 
-    # The tensor the FULLY_CONNECTED writes: the count MUL's output when that MUL is the identity.
-    written, removed = mean_index, []
+    # The tensor the FULLY_CONNECTED writes: the count MUL's output when that MUL is the identity,
+    # else the MEAN's own output (at a nearby scale if the count MUL stays the identity there).
+    input_scale = _scale_zero(source)[0]
+    written, removed, scale = mean_index, [], None
     consumers = uses.get(mean_index, [])
-    if (len(consumers) == 1 and mean_index not in outputs
-            and _identity_count_mul(obj, subgraph, subgraph.operators[consumers[0]], mean_index)):
-        written, removed = int(subgraph.operators[consumers[0]].outputs[0]), [consumers[0]]
-    scale = weight_scale(_scale_zero(source)[0], _scale_zero(subgraph.tensors[written])[0], target)
-    if scale is None and removed:
-        written, removed = mean_index, []
-        scale = weight_scale(_scale_zero(source)[0], _scale_zero(mean)[0], target)
+    mul = subgraph.operators[consumers[0]] if len(consumers) == 1 else None
+    count_mul = (mul is not None and mean_index not in outputs
+                 and _identity_count_mul(obj, subgraph, mul, mean_index))
+    if count_mul:
+        written = int(mul.outputs[0])
+        scale = weight_scale(input_scale, _scale_zero(subgraph.tensors[written])[0], target)
+        if scale is not None:
+            removed = [consumers[0]]
+        else:
+            written = mean_index
+            found = _rescaled_mean(obj, subgraph, mul, mean_index, input_scale, target)
+            if found is not None:
+                mean.quantization.scale = [found[0]]
+                scale = found[1]
+    else:
+        scale = weight_scale(input_scale, _scale_zero(mean)[0], target)
     if scale is None:
         notes.append(f"MEAN {mean.name.decode()}: multiplier {target} has no all-ones "
                      f"FULLY_CONNECTED weight scale (count {count})")
