@@ -16,6 +16,8 @@ never `kcaps_training` (the application calls it with paths and arrays).
   boards (QEMU): build (cached), run, instructions, sizes, agreement (`kcaps firmware`)
 - `lce`: binary conversion of larq models and LCE's interpreter
 - `xnnpack_int8`: int8 forms that LiteRT's XNNPACK engine runs in int8 (first conv, matmuls)
+- `int8_sums`, `cmsis_nn_int8`: the microcontroller build's SUMs as MEAN x count, and those MEANs
+  as all-ones FULLY_CONNECTED that CMSIS-NN accelerates, with the same integers
 - `graph`, `float_islands`, `files`: what a flatbuffer holds, TFLite-Micro-ready int8, safe files
 
 Submodules load on first use, so the benchmark tool's child processes
@@ -24,9 +26,9 @@ otherwise count.
 """
 import importlib
 
-__all__ = ["benchmark", "c_export", "convert", "files", "firmware", "firmware_build",
-           "float_islands", "graph", "lce", "micro", "pipeline", "profile", "report", "verify",
-           "xnnpack_int8"]
+__all__ = ["benchmark", "c_export", "cmsis_nn_int8", "convert", "files", "firmware",
+           "firmware_build", "float_islands", "graph", "int8_sums", "lce", "micro", "pipeline",
+           "profile", "report", "verify", "xnnpack_int8"]
 
 
 def __getattr__(name):

@@ -8,8 +8,7 @@ element at a time through a generic index loop: on small_capsnet under CMSIS-NN 
 MEAN was the largest capsule operator (9.7 % of the instructions on a Cortex-M4, 25.7 % on the
 Cortex-M55; docs/notes/issue17.md). `means_as_fully_connected(model)` computes each such MEAN as
 a FULLY_CONNECTED with one output unit and a constant all-ones int8 weight row, which CMSIS-NN
-runs with its dot-product kernels (`arm_convolve_1x1_s8_fast` when the reduced length is a
-multiple of 4, `arm_fully_connected_s8` otherwise). A reduction over an axis that is not the
+runs with its dot-product kernel (`arm_fully_connected_s8`). A reduction over an axis that is not the
 last gets a TRANSPOSE (a CMSIS-NN kernel too) that moves the reduced axes last; when the MEAN's
 input is itself a TRANSPOSE, the new one reads that TRANSPOSE's input with the two permutations
 composed.
@@ -34,8 +33,8 @@ hands the integers on unchanged; when the MEAN's only consumer is such a MUL who
 requantization is the identity on every int8 input (checked here with TFLite's arithmetic) and
 whose output zero point is the MEAN's, the FULLY_CONNECTED writes `t` directly (weight scale
 chosen against `t`'s scale) and the MUL goes too. An output shape that does not end in the one
-unit (`keepdims=False`, or a reduction that was not last) gets a RESHAPE after the
-FULLY_CONNECTED.
+unit in two dimensions gets a RESHAPE after the FULLY_CONNECTED (a copy of at most a few hundred
+bytes).
 
 Measured on small_capsnet's microcontroller build (docs/notes/issue17.md, session 2):
 instructions per inference on the emulated boards before and after, and the firmware's outputs
@@ -63,8 +62,8 @@ from ai_edge_litert.tools import flatbuffer_utils
 from kcaps_tflite import files
 from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, opcode_index
 
-# FULLY_CONNECTED int8 with keep_num_dims is version 5 in LiteRT's versioning.
-_FC_VERSION = 5
+# The version the converter writes for an int8 FULLY_CONNECTED.
+_FC_VERSION = 4
 # How many float32 neighbours of the estimated weight scale `weight_scale` tries on each side.
 SEARCH_ULPS = 512
 INT32_MIN = -(1 << 31)
@@ -315,13 +314,18 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
     weights.quantization.scale, weights.quantization.zeroPoint = [scale], [0]
     weights_index = add_tensor(obj, subgraph, weights, np.ones(count, np.int8))
 
-    fc_shape = [shape[a] for a in kept] + [1]
+    # A 2-D output [rows, 1]: CMSIS-NN then runs `arm_fully_connected_s8`. (With more dimensions
+    # and a count that is a multiple of 4 it would take `arm_convolve_1x1_s8_fast`, whose TFLite
+    # Micro wrapper checks `TFLITE_DCHECK_GE(buffer_conv_1x1_idx, 4)` and aborts when fewer than
+    # four scratch buffers were requested before it, as in small_capsnet.)
+    rows = int(np.prod([shape[a] for a in kept]))
+    fc_shape = [rows, 1]
     fc_output = written
     if _shape(output) != fc_shape:
+        dynamic = any(signature[a] < 0 for a in kept)
         fc_output = _new_tensor(obj, subgraph, output, f"{name}/sum".encode(), fc_shape,
-                                [signature[a] for a in kept] + [1])
+                                [-1 if dynamic else rows, 1])
     options = schema.FullyConnectedOptionsT()
-    options.keepNumDims = len(fc_shape) > 2
     replacement.append(_operator(
         obj, schema.BuiltinOperator.FULLY_CONNECTED, [fc_input, weights_index, -1], [fc_output],
         schema.BuiltinOptions.FullyConnectedOptions, options, _FC_VERSION))
