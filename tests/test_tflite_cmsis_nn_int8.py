@@ -79,13 +79,18 @@ def test_a_quantized_multiplier_below_2_30_has_no_weight_scale():
 
 
 # The reductions of a capsule network: |s|^2 over the 8 components (keepdims), a sum over 16
-# input capsules (a middle axis), a sum over 12 input capsules (not a power of two), and the
-# class score's |s|^2 without keepdims.
+# input capsules (a middle axis), the class score's |s|^2 without keepdims; then counts that are
+# not powers of two. With each: what the rewrite does on these (seeded) scales. "folded": an
+# all-ones FULLY_CONNECTED writes the SUM's tensor and the count MUL goes; "rescaled": it writes
+# the MEAN's tensor at a nearby scale and the count MUL stays (still the identity); "kept": the
+# MEAN's multiplier is below 2**30, which no weight scale gives, so the MEAN stays.
 REDUCTIONS = {
-    "squared_length": lambda t: tf.reduce_sum(t * t, axis=-1, keepdims=True),
-    "over_inputs": lambda t: tf.reduce_sum(t, axis=2),
-    "over_12_inputs": lambda t: tf.reduce_sum(t[:, :, :12], axis=2),
-    "score": lambda t: tf.reduce_sum(t * t, axis=-1),
+    "squared_length": (lambda t: tf.reduce_sum(t * t, axis=-1, keepdims=True), "folded"),
+    "over_inputs": (lambda t: tf.reduce_sum(t, axis=2), "folded"),
+    "score": (lambda t: tf.reduce_sum(t * t, axis=-1), "folded"),
+    "over_12_inputs": (lambda t: tf.reduce_sum(tf.nn.relu(t[:, :, :12]), axis=2), "folded"),
+    "over_10_inputs": (lambda t: tf.reduce_sum(tf.nn.relu(t[:, :, :10]), axis=2), "rescaled"),
+    "squares_over_12": (lambda t: tf.reduce_sum(t[:, :, :12] * t[:, :, :12], axis=2), "kept"),
 }
 
 
@@ -95,9 +100,10 @@ def _micro_outputs(data, inputs):
 
 
 @pytest.mark.parametrize("name", sorted(REDUCTIONS))
-def test_the_micro_build_computes_the_same_integers_without_mean(name):
+def test_the_micro_build_computes_the_same_integers(name):
+    reduction, outcome = REDUCTIONS[name]
     x = tf.keras.Input((4, 16, 8))
-    model = tf.keras.Model(x, tf.keras.layers.Lambda(REDUCTIONS[name])(x))
+    model = tf.keras.Model(x, tf.keras.layers.Lambda(reduction)(x))
     values = (np.random.default_rng(0).normal(size=(60, 4, 16, 8)) * 0.7).astype(np.float32)
     options = {**convert.MICRO_BUILD, "cmsis_nn_forms": False}
     means = convert.convert(model, "int8", representative_data=values[:40], **options)
@@ -107,17 +113,16 @@ def test_the_micro_build_computes_the_same_integers_without_mean(name):
                            **convert.MICRO_BUILD) == rewritten
     before, after = graph.read(means).op_counts(), graph.read(rewritten).op_counts()
     assert before["MEAN"] == 1
-    if name == "over_12_inputs" and notes:  # 12 is no power of two: the MEAN may have to stay
-        assert after["MEAN"] == 1 and "FULLY_CONNECTED" not in after
-        assert notes[0].startswith("MEAN ") and "(count 12)" in notes[0]
+    if outcome == "kept":
+        assert rewritten == means and len(notes) == 1 and "(count 12)" in notes[0]
         multiplier = int(notes[0].split("multiplier (")[1].split(",")[0])
-        assert multiplier < 2**30  # the one case no weight scale reaches
+        assert multiplier < 2**30
     else:
-        assert "MEAN" not in after and not notes
-        assert after["FULLY_CONNECTED"] == 1
-    # A reduction that is not over the last axis reads a TRANSPOSE; the count MUL goes when the
-    # FULLY_CONNECTED can write its output directly.
-    assert ("TRANSPOSE" in after) == (name.startswith("over") and "MEAN" not in after)
+        assert "MEAN" not in after and not notes and after["FULLY_CONNECTED"] == 1
+        muls = after.get("MUL", 0) - before["MUL"]
+        assert muls == (-1 if outcome == "folded" else 0)
+        # A reduction that is not over the last axis reads a TRANSPOSE that puts it last.
+        assert ("TRANSPOSE" in after) == name.startswith("over")
     details = Interpreter(model_content=means).get_input_details()[0]
     inputs = [verify.quantize(v[None], details) for v in values[40:]]
     np.testing.assert_array_equal(_micro_outputs(rewritten, inputs), _micro_outputs(means, inputs))
