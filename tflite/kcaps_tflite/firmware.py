@@ -332,20 +332,24 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
             raise _overflow(error, board, len(data)) or FirmwareError(
                 f"linking the firmware for {board.name} failed:\n{error[-4000:]}")
 
+    def probe(arena):
+        """Run the firmware linked with `arena` bytes on one zero input; its output."""
+        probe_dir = work_dir / "probe"
+        probe_dir.mkdir(exist_ok=True)
+        record = _input_details(data)[0][0]
+        (probe_dir / "inputs.bin").write_bytes(bytes(int(np.prod(record["shape"]))
+                                                     * np.dtype(record["dtype"]).itemsize))
+        return _execute(board.qemu_command(elf, icount=False), probe_dir, timeout,
+                        f"the firmware on {board.name} (arena probe, {arena} bytes)")
+
     if arena_bytes is None:
         link(16)  # where the arena would start: all RAM after it becomes the probe arena
         sections, _ = map_sizes(map_path.read_text())
         used = sum(sections.get(s, 0) for s in (".data", ".bss", ".heap", ".stack"))
         free = (board.ram_bytes - used - 64) // 16 * 16
         link(free)
-        probe = work_dir / "probe"
-        probe.mkdir(exist_ok=True)
-        record = _input_details(data)[0][0]
-        (probe / "inputs.bin").write_bytes(bytes(int(np.prod(record["shape"]))
-                                                 * np.dtype(record["dtype"]).itemsize))
         try:
-            output = _execute(board.qemu_command(elf, icount=False), probe, timeout,
-                              f"the firmware on {board.name} (arena probe)")
+            output = probe(free)
         except FirmwareCrashError as error:
             if "KCAPS_ERROR allocate" in str(error):
                 raise FirmwareSizeError(
@@ -355,8 +359,21 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
             raise
         values, _, _ = _parse(output)
         arena_bytes = -(-values["arena_used"] // 16) * 16 + 16
+        # `arena_used_bytes()` leaves out the memory planner's temporary lists, which
+        # AllocateTensors also needs (36 bytes per planned buffer): with few activations (a small
+        # model) they are more than the plan. Relink at the used size and grow until it allocates.
+        while True:
+            link(arena_bytes)
+            try:
+                probe(arena_bytes)
+                break
+            except FirmwareCrashError as error:
+                if "KCAPS_ERROR allocate" not in str(error) or arena_bytes >= free:
+                    raise
+                arena_bytes = min(free, arena_bytes + max(256, arena_bytes // 8 // 16 * 16))
         log(f"arena: TFLite Micro used {values['arena_used']} bytes; linking {arena_bytes}")
-    link(int(arena_bytes))
+    else:
+        link(int(arena_bytes))
     return Build(board.name, kernels, work_dir, elf, map_path, libraries, int(arena_bytes))
 
 
