@@ -360,7 +360,7 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
         values, _, _ = _parse(output)
         arena_bytes = -(-values["arena_used"] // 16) * 16 + 16
         # `arena_used_bytes()` leaves out the memory planner's temporary lists, which
-        # AllocateTensors also needs (36 bytes per planned buffer): with few activations (a small
+        # AllocateTensors also needs (40 bytes per planned buffer): with few activations (a small
         # model) they are more than the plan. Relink at the used size and grow until it allocates.
         while True:
             link(arena_bytes)
