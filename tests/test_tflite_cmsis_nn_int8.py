@@ -32,7 +32,8 @@ def _mean_requantization(s_in, s_out, n):
 
 def _fc_requantization(s_in, s_w, s_out):
     """fully_connected_common.cc without bias: the scales multiply in float32."""
-    return _quantize_multiplier(float(np.float32(s_in) * np.float32(s_w)) / float(np.float32(s_out)))
+    product = np.float32(s_in) * np.float32(s_w)
+    return _quantize_multiplier(float(product) / float(np.float32(s_out)))
 
 
 def _requantize(acc, m, shift):

@@ -8,8 +8,8 @@ element at a time through a generic index loop: on small_capsnet under CMSIS-NN 
 MEAN was the largest capsule operator (9.7 % of the instructions on a Cortex-M4, 25.7 % on the
 Cortex-M55; docs/notes/issue17.md). `means_as_fully_connected(model)` computes each such MEAN as
 a FULLY_CONNECTED with one output unit and a constant all-ones int8 weight row, which CMSIS-NN
-runs with its dot-product kernel (`arm_fully_connected_s8`). A reduction over an axis that is not the
-last gets a TRANSPOSE (a CMSIS-NN kernel too) that moves the reduced axes last; when the MEAN's
+runs with its dot-product kernel (`arm_fully_connected_s8`). A reduction over an axis that is not
+the last gets a TRANSPOSE (a CMSIS-NN kernel too) that moves the reduced axes last; when the MEAN's
 input is itself a TRANSPOSE, the new one reads that TRANSPOSE's input with the two permutations
 composed.
 
@@ -36,9 +36,12 @@ chosen against `t`'s scale) and the MUL goes too. An output shape that does not 
 unit in two dimensions gets a RESHAPE after the FULLY_CONNECTED (a copy of at most a few hundred
 bytes).
 
-Measured on small_capsnet's microcontroller build (docs/notes/issue17.md, session 2):
-instructions per inference on the emulated boards before and after, and the firmware's outputs
-identical to TFLite Micro's host build of the model before the rewrite.
+Measured on small_capsnet's microcontroller build (`python -m benchmarks.firmware
+--cmsis-nn-forms both`, docs/notes/issue17.md): all six MEANs rewritten; emulated instructions per
+inference with CMSIS-NN 17.03 M -> 15.33 M on a Cortex-M4, 17.15 M -> 15.45 M on a Cortex-M7,
+6.22 M -> 4.56 M on a Cortex-M55 (the routing's MEAN over 128 input capsules, 1.62 M, became a
+TRANSPOSE and a FULLY_CONNECTED of 0.11 M), with the firmware's int8 outputs identical to those
+before the rewrite; the model grows 2.8 KB, the code 7 KB, the arena 3 KB.
 
 >>> import numpy as np, tensorflow as tf
 >>> from kcaps_tflite import cmsis_nn_int8, convert, graph
