@@ -41,7 +41,7 @@ import time
 import kcaps  # first: it selects Keras 2 before TensorFlow is imported
 import numpy as np
 import tensorflow as tf
-from kcaps_training import datasets
+from kcaps_training import datasets, plots
 
 
 def build(args, depth, dim, capsules, init):
@@ -63,14 +63,38 @@ def accuracy(model, data):
     return float(np.mean(np.argmax(scores, axis=-1) == data.y_test))
 
 
-def fit(model, data, args, epochs, first_epoch=0, callbacks=()):
+def fit(model, data, args, epochs, first_epoch=0, callbacks=(), history_out=None):
+    """Train `epochs` epochs (or fewer: `callbacks` may stop it); returns the training losses.
+
+    With `args.val` (the held-out split) the validation loss is computed after every epoch and
+    stored in `history_out["val_loss"]`.
+    """
     lr = args.lr
     model.compile(tf.keras.optimizers.Adam(lr))
     train = datasets.pipeline(data.x_train, data.y_train, 64, shuffle=True, max_shift=2,
                               seed=args.seed_now)
+    val = None
+    if history_out is not None and args.val is not None:
+        val = datasets.pipeline(*args.val, 256)
     schedule = tf.keras.callbacks.LearningRateScheduler(lambda e: lr * 0.9 ** (e + first_epoch))
-    history = model.fit(train, epochs=epochs, verbose=0, callbacks=[schedule, *callbacks])
+    history = model.fit(train, epochs=epochs, verbose=0, validation_data=val,
+                        callbacks=[schedule, *callbacks])
+    if history_out is not None:
+        history_out.update({k: [float(v) for v in history.history[k]]
+                            for k in ("loss", "val_loss") if k in history.history})
     return [float(v) for v in history.history["loss"]]
+
+
+def convergence(args):
+    """The grid's convergence rule: Keras `EarlyStopping` on the held-out split's loss.
+
+    Stops when `val_loss` has not improved by `--min-delta` for `--patience` epochs (at most
+    `--epochs`) and restores the weights of the best epoch; None without a held-out split.
+    """
+    if args.val is None:
+        return None
+    return tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
+                                            min_delta=args.min_delta, restore_best_weights=True)
 
 
 def cached(path, args, run):
@@ -93,15 +117,29 @@ def grid_cell(args, data, init, depth, dim, capsules, seed):
     model = build(args, depth, dim, capsules, init)
     held = data.x_train[:args.held]
     start = activity(model, held, args.threshold)
-    plot_dir = None
+    monitor = kcaps.activity.CapsuleActivityMonitor(held, args.threshold)
+    stop = convergence(args)
+    history = {}
+    losses = fit(model, data, args, args.epochs, history_out=history,
+                 callbacks=[monitor] + ([stop] if stop else []))
     if (init, depth, dim, capsules, seed) == tuple(args.plot_cell):
-        plot_dir = os.path.join(args.output, "activity_plots")
-    monitor = kcaps.activity.CapsuleActivityMonitor(held, args.threshold, plot_dir=plot_dir)
-    losses = fit(model, data, args, args.epochs, callbacks=[monitor])
+        plots.plot_capsule_activity(monitor.history, os.path.join(args.output, "activity_plots"),
+                                    args.threshold)
+    best = len(losses) if stop is None else stop.best_epoch + 1  # 1-based; weights restored
     return {"init": init, "depth": depth, "dim": dim, "capsules": capsules, "seed": seed,
-            "epochs": args.epochs, "train_size": len(data.x_train), "losses": losses,
-            "step0": start, "trained": activity(model, held, args.threshold),
+            "epochs": args.epochs, "epochs_run": len(losses), "best_epoch": best,
+            "rule": rule_name(args), "train_size": len(data.x_train), "losses": losses,
+            "val_losses": history.get("val_loss", []), "step0": start,
+            "trained": activity(model, held, args.threshold), "monitor": monitor.history,
             "accuracy": accuracy(model, data), "parameters": int(model.count_params())}
+
+
+def rule_name(args):
+    if args.val is None:
+        return f"fixed {args.epochs} epochs"
+    return (f"EarlyStopping(val_loss on {len(args.val[0])} held-out training-part images, "
+            f"patience {args.patience}, min_delta {args.min_delta:g}, restore best), "
+            f"at most {args.epochs} epochs")
 
 
 def ratios_for(model, ratio, backbone_ratio):
@@ -169,32 +207,64 @@ def step0_table(args, data):
                           flush=True)
 
 
+def short(name):
+    return name.replace("capsules", "c").replace("primary_c", "prim")
+
+
 def fmt_layers(stats):
-    return " ".join(f"{n.replace('capsules', 'c').replace('primary_c', 'prim')} "
-                    f"{v[0]:.2f}/{v[1]:.2g}" for n, v in stats.items())
+    return " ".join(f"{short(n)} {v[0]:.2f}/{v[1]:.2g}" for n, v in stats.items())
+
+
+def fmt_median_layers(stats_list):
+    """Per layer: median over runs of the inactive fraction / of the mean length."""
+    names = list(stats_list[0])
+    return " ".join(f"{short(n)} {np.median([s[n][0] for s in stats_list]):.2f}/"
+                    f"{np.median([s[n][1] for s in stats_list]):.2g}" for n in names)
+
+
+def acc_range(values):
+    return f"{np.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
 
 
 def print_grid(rows, args):
-    print(f"\n## grid: test accuracy; per capsule layer inactive fraction / mean length "
-          f"(|v| < {args.threshold} on all {args.held} held images), at step 0 and after training")
-    print("| init | depth | dim | capsules | seed | epochs | acc | loss first -> last | "
-          "step 0 | trained |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n## grid, per run (accuracy; epochs: best / run; training loss first -> last)")
     for r in rows:
-        print(f"| {r['init']} | {r['depth']} | {r['dim']} | {r['capsules']} | {r['seed']} | "
-              f"{r['epochs']} | {r['accuracy']:.4f} | {r['losses'][0]:.4f} -> {r['losses'][-1]:.4f} "
-              f"| {fmt_layers(r['step0'])} | {fmt_layers(r['trained'])} |")
-    print("\nlarger dimensions make deeper nets trainable? (accuracy by dim, per init and depth)")
-    keys = sorted({(r["init"], r["depth"], r["capsules"]) for r in rows})
-    for init, depth, caps in keys:
-        cells = sorted((r["dim"], r["accuracy"]) for r in rows
-                       if (r["init"], r["depth"], r["capsules"]) == (init, depth, caps))
-        by_dim = {}
-        for dim, acc in cells:
-            by_dim.setdefault(dim, []).append(acc)
-        print(f"  {init:>22} depth {depth} caps {caps}: " + ", ".join(
-            f"dim {d} {np.mean(a):.4f}" + (f"+-{np.std(a):.4f}" if len(a) > 1 else "")
-            for d, a in by_dim.items()))
+        print(f"  {r['init']} depth {r['depth']} dim {r['dim']} caps {r['capsules']} seed "
+              f"{r['seed']}: acc {r['accuracy']:.4f}, epochs {r.get('best_epoch', r['epochs'])}/"
+              f"{r.get('epochs_run', r['epochs'])}, loss {r['losses'][0]:.4f} -> "
+              f"{r['losses'][-1]:.4f}")
+    rules = sorted({r.get("rule", f"fixed {r['epochs']} epochs") for r in rows})
+    print(f"\n## grid over seeds: test accuracy median [min, max]; epochs to convergence per seed "
+          f"(best epoch, weights restored; rule: {'; '.join(rules)}); per capsule layer median "
+          f"inactive fraction / median mean length (inactive: |v| < {args.threshold} on all "
+          f"{args.held} held training images), at step 0 and after training")
+    print("| init | depth | capsules | dim | seeds | acc median [min, max] | seeds > 20% | "
+          "epochs (best per seed) | step 0 | trained |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    keys = []
+    for r in rows:
+        key = (r["init"], r["depth"], r["capsules"], r["dim"])
+        if key not in keys:
+            keys.append(key)
+    keys.sort()
+    for key in keys:
+        runs = sorted((r for r in rows if (r["init"], r["depth"], r["capsules"], r["dim"]) == key),
+                      key=lambda r: r["seed"])
+        accs = [r["accuracy"] for r in runs]
+        print(f"| {' | '.join(str(v) for v in key)} | {len(runs)} | {acc_range(accs)} | "
+              f"{sum(a > 0.2 for a in accs)} | "
+              f"{', '.join(str(r.get('best_epoch', r['epochs'])) for r in runs)} | "
+              f"{fmt_median_layers([r['step0'] for r in runs])} | "
+              f"{fmt_median_layers([r['trained'] for r in runs])} |")
+    print("\nlarger dimensions make deeper nets trainable? (median test accuracy over seeds "
+          "[min, max], by dim, per init, capsules and depth)")
+    for init, caps, depth in sorted({(k[0], k[2], k[1]) for k in keys}):
+        cells = []
+        for dim in sorted({k[3] for k in keys if (k[0], k[2], k[1]) == (init, caps, depth)}):
+            accs = [r["accuracy"] for r in rows
+                    if (r["init"], r["capsules"], r["depth"], r["dim"]) == (init, caps, depth, dim)]
+            cells.append(f"dim {dim} {acc_range(accs)} (n={len(accs)})")
+        print(f"  {init:>22} caps {caps} depth {depth}: " + ", ".join(cells))
 
 
 def print_pruning(rows, args):
@@ -215,13 +285,37 @@ def print_pruning(rows, args):
               f"{'-' if right_after is None else f'{right_after:.4f}'} | {r['accuracy']:.4f} | "
               f"{100 * (r['accuracy'] - base.get(r['seed'], np.nan)):+.2f} | "
               f"{fmt_layers(r['before'])} | {fmt_layers(r['after'])} |")
-    pruned = [r for r in rows if r["mode"] != "unpruned"]
-    better = [r for r in pruned if r["accuracy"] > base.get(r["seed"], np.inf)]
-    if pruned:
-        gains = [100 * (r["accuracy"] - base[r["seed"]]) for r in pruned if r["seed"] in base]
-        print(f"\npruned beats the unpruned net (same seed, same total epochs) in {len(better)} of "
-              f"{len(pruned)} configurations; difference median {np.median(gains):+.2f} pp, "
-              f"best {max(gains):+.2f} pp, worst {min(gains):+.2f} pp")
+    pruned = [r for r in rows if r["mode"] != "unpruned" and r["seed"] in base]
+    if not pruned:
+        return
+    print(f"\n## pruning over seeds (pairs: the same seed's unpruned net, {args.epochs} + "
+          f"{args.finetune_epochs} epochs): median over seeds; per layer median inactive fraction "
+          f"/ median mean length")
+    print("| mode | criterion | capsule ratio | seeds | pruned acc median [min, max] | "
+          "unpruned acc median | pruned - unpruned, median (pp) | pruning wins | "
+          "before prune | after fine-tune |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    configs = []
+    for r in rows:
+        if (r["mode"], r["criterion"], r["ratio"]) not in configs:
+            configs.append((r["mode"], r["criterion"], r["ratio"]))
+    for config in configs:
+        runs = [r for r in rows if (r["mode"], r["criterion"], r["ratio"]) == config
+                and r["seed"] in base]
+        if not runs:
+            continue
+        accs = [r["accuracy"] for r in runs]
+        diffs = [100 * (r["accuracy"] - base[r["seed"]]) for r in runs]
+        wins = sum(r["accuracy"] > base[r["seed"]] for r in runs)
+        print(f"| {' | '.join(str(v) for v in config)} | {len(runs)} | {acc_range(accs)} | "
+              f"{np.median([base[r['seed']] for r in runs]):.4f} | {np.median(diffs):+.2f} | "
+              f"{wins}/{len(runs)} | {fmt_median_layers([r['before'] for r in runs])} | "
+              f"{fmt_median_layers([r['after'] for r in runs])} |")
+    gains = [100 * (r["accuracy"] - base[r["seed"]]) for r in pruned]
+    better = sum(g > 0 for g in gains)
+    print(f"\npruned beats the unpruned net (same seed, same total epochs) in {better} of "
+          f"{len(pruned)} (config, seed) pairs; difference median {np.median(gains):+.2f} pp, "
+          f"best {max(gains):+.2f} pp, worst {min(gains):+.2f} pp")
 
 
 def main(argv=None):
@@ -235,6 +329,12 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--train-size", type=int, default=8000)
+    parser.add_argument("--val-size", type=int, default=0,
+                        help="grid only: held-out images of the training part after the "
+                             "--train-size prefix; > 0 turns on the convergence rule "
+                             "(EarlyStopping on their loss, --epochs the cap)")
+    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--min-delta", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--conv-filters", type=int, default=32)
     parser.add_argument("--primary-types", type=int, default=8)
@@ -261,6 +361,11 @@ def main(argv=None):
     ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
     os.makedirs(args.output, exist_ok=True)
     data = datasets.load_real_digits()
+    if args.train_size + args.val_size > len(data.x_train):
+        raise ValueError(f"--train-size {args.train_size} + --val-size {args.val_size} exceed the "
+                         f"{len(data.x_train)} training-part images")
+    held_out = slice(args.train_size, args.train_size + args.val_size)
+    args.val = (data.x_train[held_out], data.y_train[held_out]) if args.val_size else None
     data = datasets.Dataset(data.name, data.x_train[:args.train_size],
                             data.y_train[:args.train_size], data.x_test, data.y_test, 10)
     print(f"real digits: {len(data.x_train)} train / {len(data.x_test)} test; conv "
@@ -270,18 +375,23 @@ def main(argv=None):
         step0_table(args, data)
     if args.table in ("grid", "both"):
         rows = []
+        suffix = f"_v{args.val_size}p{args.patience}" if args.val_size else ""
+        # whole rows (init, capsules, depth: all dims) first, seed-major inside a row, so a run
+        # cut off leaves complete rows and every dim at the same seeds
         for init in args.inits.split(","):
-            for depth in ints(args.depths):
-                for dim in ints(args.dims):
-                    for caps in ints(args.capsules):
-                        for seed in ints(args.seeds):
+            for caps in ints(args.capsules):
+                for depth in ints(args.depths):
+                    for seed in ints(args.seeds):
+                        for dim in ints(args.dims):
                             tag = (f"grid_{init}_d{depth}_dim{dim}_c{caps}_s{seed}_e{args.epochs}"
-                                   f"_n{len(data.x_train)}")
+                                   f"_n{len(data.x_train)}{suffix}")
                             row = cached(os.path.join(args.output, tag + ".json"), args,
                                          lambda: grid_cell(args, data, init, depth, dim, caps, seed))
                             if row:
                                 rows.append(row)
-                                print(f"  {tag}: acc {row['accuracy']:.4f}", flush=True)
+                                print(f"  {tag}: acc {row['accuracy']:.4f} epochs "
+                                      f"{row.get('best_epoch')}/{row.get('epochs_run')} cpu "
+                                      f"{row.get('cpu_seconds', 0):.0f} s", flush=True)
         print_grid(rows, args)
     if args.table in ("pruning", "both"):
         rows = []
@@ -297,7 +407,8 @@ def main(argv=None):
                              lambda: pruning_cell(args, data, mode, criterion, ratio, seed))
                 if row:
                     rows.append(row)
-                    print(f"  {tag}: acc {row['accuracy']:.4f}", flush=True)
+                    print(f"  {tag}: acc {row['accuracy']:.4f} cpu "
+                          f"{row.get('cpu_seconds', 0):.0f} s", flush=True)
         print_pruning(rows, args)
     return 0
 
