@@ -226,6 +226,14 @@ def acc_range(values):
     return f"{np.median(values):.4f} [{min(values):.4f}, {max(values):.4f}]"
 
 
+def late_drop(run):
+    """How far from converged: relative fall of the held-out loss over the last 2 epochs run."""
+    val = run.get("val_losses") or []
+    if len(val) < 3 or val[-3] <= 0:
+        return "-"
+    return f"{100 * (val[-3] - val[-1]) / val[-3]:.0f}"
+
+
 def print_grid(rows, args):
     print(f"\n## grid, per run (accuracy; epochs: best / run; training loss first -> last)")
     for r in rows:
@@ -239,8 +247,9 @@ def print_grid(rows, args):
           f"inactive fraction / median mean length (inactive: |v| < {args.threshold} on all "
           f"{args.held} held training images), at step 0 and after training")
     print("| init | depth | capsules | dim | seeds | acc median [min, max] | seeds > 20% | "
-          "epochs (best per seed) | step 0 | trained |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "epochs (best per seed) | stopped by the rule | val loss drop, last 2 epochs (%) | "
+          "step 0 | trained |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     keys = []
     for r in rows:
         key = (r["init"], r["depth"], r["capsules"], r["dim"])
@@ -254,6 +263,8 @@ def print_grid(rows, args):
         print(f"| {' | '.join(str(v) for v in key)} | {len(runs)} | {acc_range(accs)} | "
               f"{sum(a > 0.2 for a in accs)} | "
               f"{', '.join(str(r.get('best_epoch', r['epochs'])) for r in runs)} | "
+              f"{sum(r.get('epochs_run', r['epochs']) < r['epochs'] for r in runs)}/{len(runs)} | "
+              f"{', '.join(late_drop(r) for r in runs)} | "
               f"{fmt_median_layers([r['step0'] for r in runs])} | "
               f"{fmt_median_layers([r['trained'] for r in runs])} |")
     print("\nlarger dimensions make deeper nets trainable? (median test accuracy over seeds "
