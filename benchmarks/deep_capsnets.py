@@ -318,9 +318,12 @@ def print_pruning(rows, args):
         accs = [r["accuracy"] for r in runs]
         diffs = [100 * (r["accuracy"] - base[r["seed"]]) for r in runs]
         wins = sum(r["accuracy"] > base[r["seed"]] for r in runs)
+        paired = config[0] != "unpruned"
         print(f"| {' | '.join(str(v) for v in config)} | {len(runs)} | {acc_range(accs)} | "
-              f"{np.median([base[r['seed']] for r in runs]):.4f} | {np.median(diffs):+.2f} | "
-              f"{wins}/{len(runs)} | {fmt_median_layers([r['before'] for r in runs])} | "
+              f"{np.median([base[r['seed']] for r in runs]):.4f} | "
+              f"{f'{np.median(diffs):+.2f}' if paired else '-'} | "
+              f"{f'{wins}/{len(runs)}' if paired else '-'} | "
+              f"{fmt_median_layers([r['before'] for r in runs])} | "
               f"{fmt_median_layers([r['after'] for r in runs])} |")
     gains = [100 * (r["accuracy"] - base[r["seed"]]) for r in pruned]
     better = sum(g > 0 for g in gains)
