@@ -177,7 +177,8 @@ def pruning_cell(args, data, mode, criterion, ratio, seed):
         keep = schedule.keep
     pruned = kcaps.pruning.shrink(model, keep)
     result["accuracy_right_after_pruning"] = accuracy(pruned, data)
-    result["losses"] = losses + fit(pruned, data, args, args.finetune_epochs, first_epoch=args.epochs)
+    result["losses"] = losses + fit(pruned, data, args, args.finetune_epochs,
+                                    first_epoch=args.epochs)
     result.update(after=activity(pruned, held, args.threshold), accuracy=accuracy(pruned, data),
                   params_after=int(pruned.count_params()),
                   units={n: len(k) for n, k in keep.items()})
@@ -185,7 +186,7 @@ def pruning_cell(args, data, mode, criterion, ratio, seed):
 
 
 def step0_table(args, data):
-    """Step 0 only (no training): mean length per routed layer and how much it depends on the input."""
+    """Step 0 only (no training): mean length per routed layer and its dependence on the input."""
     print(f"\n## step 0 (no training), {args.held} held images: per capsule layer mean length "
           f"[input dependence: RMS over capsules of the std across images of v, / mean length]")
     held = data.x_train[:args.held]
@@ -201,10 +202,10 @@ def step0_table(args, data):
                     for name, v in zip(names, probe.predict(held, batch_size=256, verbose=0)):
                         length = np.linalg.norm(v, axis=-1).mean()
                         spread = np.sqrt(np.mean(np.sum(v.var(axis=0), axis=-1)))
-                        cells.append(f"{name.replace('capsules', 'c').replace('primary_c', 'prim')} "
-                                     f"{length:.2g} [{spread / max(length, 1e-30):.2g}]")
-                    print(f"  {init:>22} depth {depth} dim {dim:>2} caps {caps}: " + "  ".join(cells),
-                          flush=True)
+                        cells.append(f"{short(name)} {length:.2g} "
+                                     f"[{spread / max(length, 1e-30):.2g}]")
+                    print(f"  {init:>22} depth {depth} dim {dim:>2} caps {caps}: "
+                          + "  ".join(cells), flush=True)
 
 
 def short(name):
@@ -399,8 +400,9 @@ def main(argv=None):
                         for dim in ints(args.dims):
                             tag = (f"grid_{init}_d{depth}_dim{dim}_c{caps}_s{seed}_e{args.epochs}"
                                    f"_n{len(data.x_train)}{suffix}")
+                            cell = (init, depth, dim, caps, seed)
                             row = cached(os.path.join(args.output, tag + ".json"), args,
-                                         lambda: grid_cell(args, data, init, depth, dim, caps, seed))
+                                         lambda: grid_cell(args, data, *cell))
                             if row:
                                 rows.append(row)
                                 print(f"  {tag}: acc {row['accuracy']:.4f} epochs "
