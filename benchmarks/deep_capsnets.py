@@ -13,8 +13,11 @@ images train, last 2,000 test); `--train-size` takes a prefix of the training pa
 `--lr` x 0.9 per epoch, batch 64, 2-px shifts. Activity (`kcaps.activity`): a capsule is
 inactive when its length stays below `--threshold` (0.01) on all `--held` training images.
 
-**grid**: one row per (init, depth, dim, capsules, seed): test accuracy, and per capsule layer
-the inactive fraction and mean length at step 0 and after training. Inits: "fan_in" (kcaps'
+**grid**: one run per (init, depth, dim, capsules, seed): test accuracy, and per capsule layer
+the inactive fraction and mean length at step 0 and after training; printed per run and over
+seeds (median [min, max]). `--val-size N` turns on the convergence rule: Keras `EarlyStopping`
+on the loss of N held-out images of the training part (after the `--train-size` prefix),
+`--patience`, `--min-delta`, best weights restored, at most `--epochs` epochs. Inits: "fan_in" (kcaps'
 `CapsuleFanIn`, the old default), "length_preserving" (`CapsuleLengthPreserving`), with
 "+bias" for Peer et al.'s bias routing (e.g. `--inits fan_in,fan_in+bias,length_preserving`).
 
