@@ -141,7 +141,7 @@ def _fused_dot_routing(u_hat, iterations, squash, bias):
         dc^t  = u_hat . ds^t                  (batched matvec, reads u_hat; not for t = 0)
         G    += c^t * (dc^t - sum_j c^t dc^t)  (softmax over the output capsules)
     and du_hat = sum_t c^t (x) ds^t + sum_{t<T} G^{t+1} (x) v^t, written once as ONE batched
-    matmul `(batch, num_out, num_in, 2T-1) x (batch, num_out, 2T-1, dim)`. Autodiff instead
+    matmul `(batch, num_out, 2T-1, num_in)^T x (batch, num_out, 2T-1, dim)`. Autodiff instead
     writes one u_hat-sized outer product per product with u_hat (2T-1) and sums them.
     """
     num_out = u_hat.shape[1]
@@ -198,7 +198,9 @@ def _fused_dot_routing(u_hat, iterations, squash, bias):
                     dlogits = c * (dc - tf.reduce_sum(c * dc, axis=1, keepdims=True))
                     g = dlogits if g is None else g + dlogits
                 right.append(ds)
-            du_hat = tf.matmul(tf.stack(left, axis=-1), tf.stack(right, axis=2))
+            # Stacked on axis 2, not last: each c^t / G stays a contiguous row (a last-axis stack
+            # interleaves them, measured slower); the matmul reads it transposed.
+            du_hat = tf.matmul(tf.stack(left, axis=2), tf.stack(right, axis=2), transpose_a=True)
             return [du_hat] if bias is None else [du_hat, dbias]
 
         return outputs[-1], grad
