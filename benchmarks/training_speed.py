@@ -1,4 +1,4 @@
-"""Images per second in `model.fit`: kcaps against the same architecture on CapsNet-Keras's layer.
+"""Images per second in `model.fit`: kcaps against the same architecture in the peers' formulation.
 
 For `capsnet` (with its decoder) and `small_capsnet`, the kcaps model is built as usual; the
 `capsnet-keras` model is the same graph cloned with its `CapsuleDense` replaced by a layer that
@@ -6,10 +6,17 @@ runs `benchmarks.routing.capsnet_keras_layer` (CapsNet-Keras's formulation: map_
 batch with the untiled W, `batch_dot` routing) on a W of CapsNet-Keras's layout. Everything else
 (convolutions, primary capsules, mask, decoder, losses, Adam) is shared code. Variants:
 
-- `kcaps`: `model.compile()` defaults (no XLA).
+- `kcaps`: `model.compile()` defaults (no XLA; the hand-written routing gradient).
+- `kcaps-autodiff`: the same model with TensorFlow's automatic gradient through the routing
+  iterations (`kcaps.routing.dynamic_routing(gradient="autodiff")`), kcaps' default before.
 - `kcaps-xla`: `model.compile(jit_compile=True)`: the whole train step compiled by XLA.
 - `kcaps-stopgrad`: `stop_routing_gradient=True` (the approximate gradient, an option).
 - `capsnet-keras`: the cloned model, `compile()` defaults.
+
+For `efficient_capsnet` (self-attention routing, no iterations: only `kcaps` and `kcaps-xla`
+apply) the baseline is `efficient-capsnet`, the authors' graph as rebuilt in
+`benchmarks.efficient_capsnet.authors_formulation` (grouped Conv2D primary capsules, einsum
+projection and attention), `compile()` defaults.
 
 Same random images and labels for all; one warm-up epoch each, then `--rounds` rounds in which
 every variant fits one epoch in turn (interleaved); the median epoch time gives images/second.
@@ -30,9 +37,17 @@ import kcaps
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.efficient_capsnet import authors_formulation
 from benchmarks.routing import capsnet_keras_layer
 
-VARIANTS = ("kcaps", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras")
+VARIANTS = ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras",
+            "efficient-capsnet")
+# The variants that apply to a model; the last one is the baseline of its speed-up column.
+MODEL_VARIANTS = {
+    "capsnet": ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras"),
+    "small_capsnet": ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras"),
+    "efficient_capsnet": ("kcaps", "kcaps-xla", "efficient-capsnet"),
+}
 
 
 class CapsNetKerasCapsules(tf.keras.layers.Layer):
@@ -58,15 +73,32 @@ class CapsNetKerasCapsules(tf.keras.layers.Layer):
         return config
 
 
+class AutodiffCapsuleDense(kcaps.layers.CapsuleDense):
+    """`CapsuleDense` (dynamic routing) with TensorFlow's automatic gradient through the routing."""
+
+    def call(self, inputs):
+        return kcaps.routing.dynamic_routing(
+            self.projection(inputs), self.routing_iterations, squash=self._squash, bias=self.bias,
+            stop_gradient=self.stop_routing_gradient, gradient="autodiff")
+
+
 def build(model_name, variant, input_shape, num_classes):
+    if variant == "efficient-capsnet":
+        model = authors_formulation(input_shape, num_classes)
+        model.compile(tf.keras.optimizers.Adam(1e-3))
+        return model
     builder = kcaps.models.get(model_name)
     kwargs = {"stop_routing_gradient": True} if variant == "kcaps-stopgrad" else {}
     model = builder(input_shape, num_classes, **kwargs)
-    if variant == "capsnet-keras":
+    replace = {"capsnet-keras": lambda layer: CapsNetKerasCapsules(
+                   layer.num_capsules, layer.capsule_dim, layer.routing_iterations,
+                   name=layer.name),
+               "kcaps-autodiff": lambda layer: AutodiffCapsuleDense.from_config(
+                   layer.get_config())}.get(variant)
+    if replace is not None:
         def clone(layer):
             if isinstance(layer, kcaps.layers.CapsuleDense):
-                return CapsNetKerasCapsules(layer.num_capsules, layer.capsule_dim,
-                                            layer.routing_iterations, name=layer.name)
+                return replace(layer)
             return layer.__class__.from_config(layer.get_config())
 
         model = tf.keras.models.clone_model(model, clone_function=clone)
@@ -76,7 +108,8 @@ def build(model_name, variant, input_shape, num_classes):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["capsnet", "small_capsnet"])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_VARIANTS),
+                        choices=list(MODEL_VARIANTS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -89,11 +122,11 @@ def main(argv=None):
     y = rng.integers(0, 10, size=args.images)
     print(f"model.fit on {args.images} random 28x28x1 images, batch {args.batch_size}, "
           f"{args.rounds} interleaved rounds of one epoch each, median epoch time")
-    print("| model | variant | images/s | x vs capsnet-keras | parameters |")
+    print("| model | variant | images/s | x vs baseline | parameters |")
     print("|---|---|---|---|---|")
     for model_name in args.models:
-        variants = [v for v in args.variants
-                    if not (v == "kcaps-xla" and model_name == "capsnet" and not args.xla_capsnet)]
+        variants = [v for v in MODEL_VARIANTS[model_name] if v in args.variants
+                    and not (v == "kcaps-xla" and model_name == "capsnet" and not args.xla_capsnet)]
         models = {v: build(model_name, v, x.shape[1:], 10) for v in variants}
         for model in models.values():  # warm-up: tracing (and XLA compilation)
             model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)
@@ -104,7 +137,7 @@ def main(argv=None):
                 model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)
                 times[v].append(time.perf_counter() - start)
         speed = {v: args.images / statistics.median(t) for v, t in times.items()}
-        base = speed.get("capsnet-keras")
+        base = speed.get(MODEL_VARIANTS[model_name][-1])
         for v in variants:
             ratio = f"{speed[v] / base:.2f}" if base else "-"
             print(f"| {model_name} | {v} | {speed[v]:.1f} | {ratio} | "
