@@ -1,5 +1,5 @@
-"""Issue 19: routing under XLA and with the stopped routing gradient, against NumPy references;
-XLA's fallback in `CapsuleModel.compile`."""
+"""Issue 19: routing under XLA, with the stopped routing gradient and with the hand-written
+routing gradient, against NumPy references; XLA's fallback in `CapsuleModel.compile`."""
 import warnings
 
 import numpy as np
@@ -101,6 +101,136 @@ def test_stopped_routing_gradient_keeps_outputs_and_follows_frozen_coupling(jit)
 def test_stop_routing_gradient_round_trips_in_config():
     layer = kcaps.layers.CapsuleDense(4, 5, stop_routing_gradient=True)
     assert kcaps.layers.CapsuleDense.from_config(layer.get_config()).stop_routing_gradient
+
+
+# --- the hand-written routing gradient (`dynamic_routing(gradient="fused")`, the default) ---
+
+# (batch, num_out, num_in, dim) of u_hat in kcaps' layout; batch 1 included.
+FUSED_SHAPES = [(1, 3, 5, 4), (2, 4, 6, 3), (3, 2, 7, 5)]
+
+
+def _fused_case(shape, bias):
+    rng = np.random.default_rng(sum(shape))
+    u_hat = rng.normal(scale=0.6, size=shape)
+    weights = rng.normal(size=(shape[0], shape[1], shape[3]))  # loss = sum(v * weights)
+    b = rng.normal(scale=0.4, size=(shape[1], shape[3])) if bias else None
+    return u_hat, weights, b
+
+
+def _numpy_routed_loss(u_hat, iterations, bias, weights):
+    """`sum(v * weights)` in float64 by conftest's NumPy routing (layout (batch, in, out, dim))."""
+    return float(np.sum(numpy_routing(np.transpose(u_hat, (0, 2, 1, 3)), iterations,
+                                      bias=bias) * weights))
+
+
+def _central_differences(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    for index in np.ndindex(*x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += eps
+        minus[index] -= eps
+        g[index] = (f(plus) - f(minus)) / (2 * eps)
+    return g
+
+
+def _tf_routed_gradients(u_hat, weights, bias, iterations, gradient, dtype, function=False):
+    u_hat = tf.constant(u_hat, dtype)
+    bias = None if bias is None else tf.constant(bias, dtype)
+
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(u_hat)
+            if bias is not None:
+                tape.watch(bias)
+            v = kcaps.routing.dynamic_routing(u_hat, iterations, bias=bias, gradient=gradient)
+            loss = tf.reduce_sum(v * tf.constant(weights, dtype))
+        return [v] + tape.gradient(loss, [u_hat] + ([] if bias is None else [bias]))
+
+    return [t.numpy() for t in (tf.function(step) if function else step)()]
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+@pytest.mark.parametrize("shape", FUSED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fused_routing_gradient_matches_finite_differences(shape, iterations, bias):
+    u_hat, weights, b = _fused_case(shape, bias)
+    v, grad_u_hat, *grad_bias = _tf_routed_gradients(u_hat, weights, b, iterations, "fused",
+                                                     tf.float64)
+    np.testing.assert_allclose(
+        v, numpy_routing(np.transpose(u_hat, (0, 2, 1, 3)), iterations, bias=b), atol=1e-12)
+    ref = _central_differences(lambda x: _numpy_routed_loss(x, iterations, b, weights), u_hat)
+    np.testing.assert_allclose(grad_u_hat, ref, rtol=1e-6, atol=1e-8)
+    if bias:
+        ref_bias = _central_differences(
+            lambda x: _numpy_routed_loss(u_hat, iterations, x, weights), b)
+        np.testing.assert_allclose(grad_bias[0], ref_bias, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "graph"])
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_fused_routing_gradient_equals_autodiff_in_float32(iterations, function):
+    u_hat, weights, b = _fused_case((2, 4, 6, 3), bias=True)
+    fused = _tf_routed_gradients(u_hat, weights, b, iterations, "fused", tf.float32, function)
+    autodiff = _tf_routed_gradients(u_hat, weights, b, iterations, "autodiff", tf.float32,
+                                    function)
+    for a, f in zip(autodiff, fused):
+        np.testing.assert_allclose(f, a, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_gradient_falls_back_to_autodiff_where_it_does_not_apply():
+    u_hat, weights, _ = _fused_case((2, 4, 6, 3), bias=False)
+    for kwargs in ({"agreement": "xnor"}, {"stop_gradient": True}):
+        grads = []
+        for gradient in ("fused", "autodiff"):
+            u = tf.constant(u_hat, tf.float32)
+            with tf.GradientTape() as tape:
+                tape.watch(u)
+                v = kcaps.routing.dynamic_routing(u, 3, gradient=gradient, **kwargs)
+            grads.append(tape.gradient(v, u, output_gradients=tf.constant(weights, tf.float32)))
+        np.testing.assert_array_equal(grads[0], grads[1])
+    u = tf.constant(u_hat, tf.float16)  # mixed precision: autodiff, finite
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        v = kcaps.routing.dynamic_routing(u, 3)
+    assert v.dtype == tf.float16
+    assert np.isfinite(tape.gradient(v, u, output_gradients=tf.ones_like(v)).numpy()).all()
+
+
+def test_unknown_routing_gradient_is_named():
+    with pytest.raises(ValueError, match="'numeric'"):
+        kcaps.routing.dynamic_routing(tf.zeros([1, 2, 3, 4]), gradient="numeric")
+
+
+def test_fused_gradient_leaves_the_converted_graph_unchanged():
+    from kcaps_tflite import graph
+
+    ops = {}
+    for gradient in ("fused", "autodiff"):
+        bias = tf.constant(np.full((3, 4), 0.1, np.float32))
+        fn = tf.function(lambda u, g=gradient: kcaps.routing.dynamic_routing(
+            u, 3, bias=bias, gradient=g), input_signature=[tf.TensorSpec([1, 3, 5, 4])])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [fn.get_concrete_function()], fn)
+        ops[gradient] = [op.name for op in graph.read(converter.convert()).operators]
+    assert ops["fused"] == ops["autodiff"]
+    assert "SOFTMAX" in ops["fused"] and not any("IDENTITY" in name for name in ops["fused"])
+
+
+def test_saved_model_keeps_the_fused_gradient(tmp_path):
+    layer, u, _ = _setup(use_bias=True)
+    model = tf.keras.Sequential([tf.keras.Input((NUM_IN, DIM_IN)), layer])
+    tf.saved_model.save(model, str(tmp_path / "saved"))
+    restored = tf.saved_model.load(str(tmp_path / "saved"))
+    u = tf.constant(u, tf.float32)
+    grads = []
+    for fn, weights in ((model, layer.trainable_weights), (restored, restored.trainable_variables)):
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            loss = tf.reduce_sum(kcaps.ops.safe_norm(fn(u, training=True)))
+        grads.append(tape.gradient(loss, [u] + sorted(weights, key=lambda w: w.name)))
+    assert len(grads[1]) == 3  # u, kernel and bias
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
 
 
 class _HostScale(tf.keras.layers.Layer):
