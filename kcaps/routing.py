@@ -19,6 +19,10 @@ trace time, so the graph has no control flow (TFLite converts it as straight-lin
 u_hat is laid out `(batch, num_out, num_in, dim)`, so both sums over capsules - s_j over the
 input capsules and the agreement over the dimensions - are batched matrix-vector products and no
 `c * u_hat`-sized temporary is ever made (measured 1.8x faster than broadcast-and-reduce).
+The exact gradient of the dot-agreement routing is written by hand (`gradient="fused"`, the
+default): the backward pass reads u_hat four times (3 iterations) and writes one u_hat-sized
+tensor, where TensorFlow's autodiff writes one per product with u_hat. The forward ops are the
+same either way, so the inference graph (and its TFLite conversion) does not change.
 
 >>> import kcaps, tensorflow as tf
 >>> u_hat = tf.random.normal([2, 10, 1152, 16])       # (batch, num_out, num_in, dim)
