@@ -102,7 +102,8 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
     if gradient not in ("fused", "autodiff"):
-        raise ValueError(f"dynamic_routing: gradient must be 'fused' or 'autodiff', got {gradient!r}")
+        raise ValueError(
+            f"dynamic_routing: gradient must be 'fused' or 'autodiff', got {gradient!r}")
     agree = AGREEMENTS.get(agreement)
     if (gradient == "fused" and agree is dot_agreement and not stop_gradient
             and u_hat.dtype in (tf.float32, tf.float64)):
