@@ -12,6 +12,10 @@ batch with the untiled W, `batch_dot` routing) on a W of CapsNet-Keras's layout.
 - `kcaps-xla`: `model.compile(jit_compile=True)`: the whole train step compiled by XLA.
 - `kcaps-stopgrad`: `stop_routing_gradient=True` (the approximate gradient, an option).
 - `capsnet-keras`: the cloned model, `compile()` defaults.
+- `floor`: not a capsule network: the class capsules come from one `Dense` on the flattened
+  primary capsules (then squashed), so the step costs everything but routing. The images/s
+  of `floor` bound what any routing can reach in this model: `capsnet-keras`'s time divided by
+  `floor`'s is the largest speed-up possible.
 
 For `efficient_capsnet` (self-attention routing, no iterations: only `kcaps` and `kcaps-xla`
 apply) the baseline is `efficient-capsnet`, the authors' graph as rebuilt in
@@ -40,12 +44,14 @@ import tensorflow as tf
 from benchmarks.efficient_capsnet import authors_formulation
 from benchmarks.routing import capsnet_keras_layer
 
-VARIANTS = ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras",
+VARIANTS = ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "floor", "capsnet-keras",
             "efficient-capsnet")
 # The variants that apply to a model; the last one is the baseline of its speed-up column.
 MODEL_VARIANTS = {
-    "capsnet": ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras"),
-    "small_capsnet": ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "capsnet-keras"),
+    "capsnet": ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "floor",
+                "capsnet-keras"),
+    "small_capsnet": ("kcaps", "kcaps-autodiff", "kcaps-xla", "kcaps-stopgrad", "floor",
+                      "capsnet-keras"),
     "efficient_capsnet": ("kcaps", "kcaps-xla", "efficient-capsnet"),
 }
 
@@ -82,6 +88,25 @@ class AutodiffCapsuleDense(kcaps.layers.CapsuleDense):
             stop_gradient=self.stop_routing_gradient, gradient="autodiff")
 
 
+class DenseCapsules(tf.keras.layers.Layer):
+    """The `floor` variant: `(batch, N, D)` -> `Dense` of the flattened input -> `(batch, J, K)`."""
+
+    def __init__(self, num_capsules, capsule_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.num_capsules, self.capsule_dim = num_capsules, capsule_dim
+        self.dense = tf.keras.layers.Dense(num_capsules * capsule_dim)
+
+    def call(self, inputs):
+        flat = tf.reshape(inputs, [-1, inputs.shape[1] * inputs.shape[2]])
+        return kcaps.ops.squash(
+            tf.reshape(self.dense(flat), [-1, self.num_capsules, self.capsule_dim]))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_capsules=self.num_capsules, capsule_dim=self.capsule_dim)
+        return config
+
+
 def build(model_name, variant, input_shape, num_classes):
     if variant == "efficient-capsnet":
         model = authors_formulation(input_shape, num_classes)
@@ -94,7 +119,9 @@ def build(model_name, variant, input_shape, num_classes):
                    layer.num_capsules, layer.capsule_dim, layer.routing_iterations,
                    name=layer.name),
                "kcaps-autodiff": lambda layer: AutodiffCapsuleDense.from_config(
-                   layer.get_config())}.get(variant)
+                   layer.get_config()),
+               "floor": lambda layer: DenseCapsules(layer.num_capsules, layer.capsule_dim,
+                                                    name=layer.name)}.get(variant)
     if replace is not None:
         def clone(layer):
             if isinstance(layer, kcaps.layers.CapsuleDense):
