@@ -196,6 +196,41 @@ def test_fused_gradient_falls_back_to_autodiff_where_it_does_not_apply():
     assert np.isfinite(tape.gradient(v, u, output_gradients=tf.ones_like(v)).numpy()).all()
 
 
+@pytest.mark.parametrize("sharing", [None, 4], ids=["per_capsule", "shared_gather"])
+def test_hand_written_projection_gradient_matches_finite_differences(sharing):
+    """The projection's hand-written gradient, also through the gather of shared matrices."""
+    kwargs = {} if sharing is None else dict(weight_sharing=sharing, capsule_types=2,
+                                             sharing_order="type_major")
+    layer = kcaps.layers.CapsuleDense(NUM_OUT, DIM_OUT, routing_iterations=2, **kwargs)
+    layer.build((None, NUM_IN, DIM_IN))
+    rng = np.random.default_rng(3)
+    w = rng.normal(scale=0.7, size=tuple(layer.kernel.shape))
+    layer.kernel.assign(w.astype(np.float32))
+    if sharing is not None:
+        assert layer.projection.layout is None  # 3 positions x 2 types, K = 4: the gather path
+        p, t = np.divmod(np.arange(NUM_IN), 2)  # kcaps' capsule i = p * 2 + t
+        index = (t * (NUM_IN // 2) + p) % sharing  # FasTrCaps' type-major count, tiled mod K
+    else:
+        index = np.arange(NUM_IN)
+    u = rng.normal(scale=0.5, size=(BATCH, NUM_IN, DIM_IN))
+    weights = rng.normal(size=(BATCH, NUM_OUT, DIM_OUT))
+
+    def loss(u_, w_):
+        u_hat = np.einsum("bid,idjk->bijk", u_, w_[index])
+        return float(np.sum(numpy_routing(u_hat, 2) * weights))
+
+    ut = tf.constant(u, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(ut)
+        out = tf.reduce_sum(layer(ut) * weights)
+    grad_u, grad_w = tape.gradient(out, [ut, layer.kernel])
+    np.testing.assert_allclose(grad_u, _central_differences(lambda x: loss(x, w), u),
+                               rtol=1e-3, atol=1e-5)
+    grad_w = tf.convert_to_tensor(grad_w)  # IndexedSlices through the gather
+    np.testing.assert_allclose(grad_w, _central_differences(lambda x: loss(u, x), w),
+                               rtol=1e-3, atol=1e-5)
+
+
 def test_unknown_routing_gradient_is_named():
     with pytest.raises(ValueError, match="'numeric'"):
         kcaps.routing.dynamic_routing(tf.zeros([1, 2, 3, 4]), gradient="numeric")
