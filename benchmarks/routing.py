@@ -11,11 +11,12 @@ Layer: 1152 input capsules (8-D) -> 10 output capsules (16-D), dynamic routing. 
   `(J, N, D, K)`, followed by dynamic routing written in that code's style (broadcast multiply
   then `reduce_sum`). Efficient-CapsNet itself routes by self-attention; only its u_hat is theirs.
 - `kcaps`: `kcaps.layers.CapsuleDense` inside a plain `tf.function` (how a user's own training
-  loop runs it; `model.fit` runs the same graph), with its default hand-written routing gradient
-  (`kcaps.routing.dynamic_routing(gradient="fused")`).
-- `kcaps-autodiff`: the same projection and routing ops with TensorFlow's automatic gradient
-  through the routing iterations (`gradient="autodiff"`, kcaps' default before issue 19's
-  second session): the before/after of the hand-written gradient, in the same run.
+  loop runs it; `model.fit` runs the same graph), with its default hand-written gradients of the
+  projection and the routing (`gradient="fused"` of `DenseProjection.project` and
+  `kcaps.routing.dynamic_routing`).
+- `kcaps-autodiff`: the same projection and routing ops differentiated by TensorFlow
+  (`gradient="autodiff"` of both: kcaps before issue 19's second session), so the before and
+  after of the hand-written gradients come from the same run.
 - `kcaps-xla`: the same layer inside `tf.function(jit_compile=True)` (the whole step compiled by XLA).
 
 Every formulation starts from the same W (transposed into its layout) and inputs; a step's
@@ -100,7 +101,8 @@ def make_steps(batch, num_in, iterations, seed=0):
         "efficient-einsum": (lambda x: efficient_einsum_layer(x, w_einsum, iterations), w_einsum),
         "kcaps": (layer, kernel),
         "kcaps-autodiff": (lambda x: kcaps.routing.dynamic_routing(
-            layer.projection(x), iterations, gradient="autodiff"), kernel),
+            layer.projection.project(x, kernel, gradient="autodiff"), iterations,
+            gradient="autodiff"), kernel),
         "kcaps-xla": (layer, kernel),
     }
     steps = {}

@@ -7,8 +7,8 @@ batch with the untiled W, `batch_dot` routing) on a W of CapsNet-Keras's layout.
 (convolutions, primary capsules, mask, decoder, losses, Adam) is shared code. Variants:
 
 - `kcaps`: `model.compile()` defaults (no XLA; the hand-written routing gradient).
-- `kcaps-autodiff`: the same model with TensorFlow's automatic gradient through the routing
-  iterations (`kcaps.routing.dynamic_routing(gradient="autodiff")`), kcaps' default before.
+- `kcaps-autodiff`: the same model with TensorFlow's automatic gradient through the projection
+  and the routing iterations (`gradient="autodiff"`), kcaps' default before.
 - `kcaps-xla`: `model.compile(jit_compile=True)`: the whole train step compiled by XLA.
 - `kcaps-stopgrad`: `stop_routing_gradient=True` (the approximate gradient, an option).
 - `capsnet-keras`: the cloned model, `compile()` defaults.
@@ -80,11 +80,13 @@ class CapsNetKerasCapsules(tf.keras.layers.Layer):
 
 
 class AutodiffCapsuleDense(kcaps.layers.CapsuleDense):
-    """`CapsuleDense` (dynamic routing) with TensorFlow's automatic gradient through the routing."""
+    """`CapsuleDense` (float projection, no weight sharing, dynamic routing) differentiated by
+    TensorFlow's autodiff instead of the hand-written gradients."""
 
     def call(self, inputs):
+        u_hat = self.projection.project(inputs, self.kernel, gradient="autodiff")
         return kcaps.routing.dynamic_routing(
-            self.projection(inputs), self.routing_iterations, squash=self._squash, bias=self.bias,
+            u_hat, self.routing_iterations, squash=self._squash, bias=self.bias,
             stop_gradient=self.stop_routing_gradient, gradient="autodiff")
 
 

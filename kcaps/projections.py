@@ -157,13 +157,19 @@ class DenseProjection(tf.keras.layers.Layer):
         kernel = self.kernel if kernel is None else kernel
         return kernel if self.index is None else tf.gather(kernel, self.index)
 
-    def project(self, u, kernel):
+    def project(self, u, kernel, gradient="fused"):
         """`(batch, num_in, d)` x `(num_in, d, J, K)` -> `(batch, J, num_in, K)`.
 
-        In float32 / float64 the gradient is written by hand (`_project_gradient`); the forward
-        ops, and so the inference graph, are the same either way.
+        With `gradient="fused"` (default) and float32 / float64 operands of one dtype, the
+        gradient is written by hand (`_project_with_gradient`); `"autodiff"` (or any other
+        dtype) lets TensorFlow differentiate the ops. The forward ops, and so the inference
+        graph, are the same either way.
         """
-        if u.dtype in (tf.float32, tf.float64) and kernel.dtype == u.dtype:
+        if gradient not in ("fused", "autodiff"):
+            raise ValueError(f"{type(self).__name__}.project: gradient must be 'fused' or "
+                             f"'autodiff', got {gradient!r}")
+        if (gradient == "fused" and u.dtype in (tf.float32, tf.float64)
+                and kernel.dtype == u.dtype):
             return self._project_with_gradient(u, tf.convert_to_tensor(kernel))
         return self._project(u, kernel)[0]
 

@@ -234,6 +234,10 @@ def test_hand_written_projection_gradient_matches_finite_differences(sharing):
 def test_unknown_routing_gradient_is_named():
     with pytest.raises(ValueError, match="'numeric'"):
         kcaps.routing.dynamic_routing(tf.zeros([1, 2, 3, 4]), gradient="numeric")
+    projection = kcaps.projections.DenseProjection(2, 4)
+    projection.build((None, 3, 5))
+    with pytest.raises(ValueError, match="DenseProjection.project.*'numeric'"):
+        projection.project(tf.zeros([1, 3, 5]), projection.kernel, gradient="numeric")
 
 
 def test_fused_gradient_leaves_the_converted_graph_unchanged():
