@@ -118,7 +118,7 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
             s = tf.reduce_sum(x, axis=2) * (1.0 / num_out)
         else:
             c = tf.cast(tf.nn.softmax(logits, axis=1), u_hat.dtype)  # over the output capsules
-            s = tf.squeeze(tf.matmul(tf.expand_dims(c, 2), x), axis=2)  # (batch, num_out, dim)
+            s = _weighted_sum(c, x)  # (batch, num_out, dim)
         if bias is not None:
             s = s + tf.cast(bias, s.dtype)
         v = squash(s)
