@@ -81,10 +81,13 @@ def test_firmware_on_real_digits_equals_the_host_build_and_the_python_top1(real_
 
     # The rows' sum is a TRANSPOSE (rows last), an all-ones FULLY_CONNECTED and a RESHAPE; the
     # squared lengths a FULLY_CONNECTED and a RESHAPE; their count MULs are gone.
-    assert [r["op"] for r in report["profile"]["operators"]] == [
+    # (the converter's order of the three dense branches and the two ADDs varies between runs)
+    profiled = [r["op"] for r in report["profile"]["operators"]]
+    assert profiled[0] == "CONV_2D" and profiled[-1] == "ADD"
+    assert sorted(profiled) == sorted([
         "CONV_2D", "RESHAPE", "TRANSPOSE", "FULLY_CONNECTED", "RESHAPE", "RESHAPE", "MUL",
         "FULLY_CONNECTED", "RESHAPE", "RESHAPE", "FULLY_CONNECTED", "FULLY_CONNECTED",
-        "FULLY_CONNECTED", "ADD", "ADD"]
+        "FULLY_CONNECTED", "ADD", "ADD"])
     cost = report["cost"]
     assert 1e4 < cost["instructions_min"] <= cost["instructions_per_inference"] < 1e8
     assert report["profile"]["profiled_instructions"] <= cost["instructions_max"]
