@@ -66,11 +66,6 @@ AGREEMENTS.register("dot", dot_agreement)
 AGREEMENTS.register("xnor", xnor_agreement)
 
 
-def _logits_dtype(dtype):
-    """The dtype of the logits b: float32, or float64 for float64 predictions."""
-    return tf.float64 if dtype == tf.float64 else tf.float32
-
-
 def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bias=None,
                     stop_gradient=False, gradient="fused"):
     """Route prediction vectors to output capsules.
@@ -108,13 +103,25 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
     if (gradient == "fused" and agree is dot_agreement and not stop_gradient
             and u_hat.dtype in (tf.float32, tf.float64)):
         return _fused_dot_routing(u_hat, iterations, squash, bias)
-    num_out = u_hat.shape[1]
-    logits_dtype = _logits_dtype(u_hat.dtype)
-    logits = None  # b_ij, laid out (batch, num_out, num_in)
     routed = tf.stop_gradient(u_hat) if stop_gradient else u_hat  # iterations before the last
+    return _iterate(u_hat, routed, iterations, agree, squash, bias)[2][-1]
+
+
+def _iterate(u_hat, routed, iterations, agree, squash, bias):
+    """The routing iterations: lists of c^t (None for t = 0), s^t and v^t, t = 0..T-1.
+
+    `routed` is what the iterations before the last read (u_hat, or u_hat with its gradient
+    stopped); the last reads `u_hat`.
+    """
+    num_out = u_hat.shape[1]
+    # the logits b: float32, or float64 for float64 predictions
+    logits_dtype = tf.float64 if u_hat.dtype == tf.float64 else tf.float32
+    logits = None  # b_ij, laid out (batch, num_out, num_in)
+    couplings, sums, outputs = [], [], []
     for iteration in range(iterations):
         x = u_hat if iteration == iterations - 1 else routed
         if logits is None:  # b = 0, so c = softmax(0) = 1 / num_out exactly: skip the softmax
+            c = None
             s = tf.reduce_sum(x, axis=2) * (1.0 / num_out)
         else:
             c = tf.cast(tf.nn.softmax(logits, axis=1), u_hat.dtype)  # over the output capsules
@@ -122,10 +129,13 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
         if bias is not None:
             s = s + tf.cast(bias, s.dtype)
         v = squash(s)
+        couplings.append(c)
+        sums.append(s)
+        outputs.append(v)
         if iteration < iterations - 1:
             update = tf.cast(agree(x, v), logits_dtype)
             logits = update if logits is None else logits + update
-    return v
+    return couplings, sums, outputs
 
 
 def _weighted_sum(c, u_hat):
@@ -151,31 +161,14 @@ def _fused_dot_routing(u_hat, iterations, squash, bias):
     """
     num_out = u_hat.shape[1]
     dtype = u_hat.dtype
-    logits_dtype = _logits_dtype(dtype)
     args = [u_hat] if bias is None else [u_hat, tf.cast(bias, dtype)]
 
     @tf.custom_gradient
     def route(*args):
         u_hat = args[0]
         bias = args[1] if len(args) > 1 else None
-        couplings, sums, outputs = [], [], []
-        logits = None
-        for iteration in range(iterations):
-            if logits is None:
-                c = None
-                s = tf.reduce_sum(u_hat, axis=2) * (1.0 / num_out)
-            else:
-                c = tf.cast(tf.nn.softmax(logits, axis=1), dtype)
-                s = _weighted_sum(c, u_hat)
-            if bias is not None:
-                s = s + bias
-            v = squash(s)
-            couplings.append(c)
-            sums.append(s)
-            outputs.append(v)
-            if iteration < iterations - 1:
-                update = tf.cast(_dot_with_outputs(u_hat, v), logits_dtype)
-                logits = update if logits is None else logits + update
+        couplings, sums, outputs = _iterate(u_hat, u_hat, iterations, dot_agreement, squash,
+                                            bias)
 
         def grad(dv):
             dv = tf.cast(dv, dtype)
