@@ -241,7 +241,7 @@ def self_attention_routing(u_hat, pair_bias=None, squash=ops.squash, bias=None):
     if pair_bias is not None:
         c = c + tf.cast(pair_bias, c.dtype)
     c = tf.cast(c, u_hat.dtype)
-    s = tf.squeeze(tf.matmul(tf.expand_dims(c, 2), u_hat), axis=2)  # (batch, num_out, dim)
+    s = _weighted_sum(c, u_hat)  # (batch, num_out, dim)
     if bias is not None:
         s = s + tf.cast(bias, s.dtype)
     return squash(s)
@@ -269,14 +269,17 @@ class Routing:
 # Routing algorithms by name (`CapsuleDense(routing=...)`); a layer must know the weights and
 # arguments of its routing, so only registered ones are accepted.
 ROUTINGS = Registry("routing", allow_callables=False)
-ROUTINGS.register("dynamic", Routing(
-    lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: dynamic_routing(
-        u_hat, iterations, agreement="dot", squash=squash, bias=bias,
-        stop_gradient=stop_gradient), agreement="dot"))
-ROUTINGS.register("xnor_agreement", Routing(
-    lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: dynamic_routing(
-        u_hat, iterations, agreement="xnor", squash=squash, bias=bias,
-        stop_gradient=stop_gradient), agreement="xnor", needs_larq=True))
+
+
+def _dynamic(agreement):
+    """`dynamic_routing` with `agreement`, in the routing table's calling convention."""
+    return lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: dynamic_routing(
+        u_hat, iterations, agreement=agreement, squash=squash, bias=bias,
+        stop_gradient=stop_gradient)
+
+
+ROUTINGS.register("dynamic", Routing(_dynamic("dot"), agreement="dot"))
+ROUTINGS.register("xnor_agreement", Routing(_dynamic("xnor"), agreement="xnor", needs_larq=True))
 # One pass: no iteration before the last, so `stop_gradient` (of those iterations) changes nothing.
 ROUTINGS.register("self_attention", Routing(
     lambda u_hat, iterations, squash, bias, pair_bias, stop_gradient: self_attention_routing(

@@ -11,7 +11,7 @@ authors' code and paper differ: docs/notes/issue18.md.
 import tensorflow as tf
 
 from kcaps import _checks
-from kcaps.layers import PrimaryCapsules, conv_output_length
+from kcaps.layers import PrimaryCapsules
 from kcaps.models.capsnet import capsule_head, image_input
 
 # (filters, kernel, stride) of the authors' four convolutions ("valid" padding, ReLU, then BN)
@@ -57,10 +57,8 @@ def efficient_capsnet(input_shape=(28, 28, 1), num_classes=10, decoder=False,
     owner = "efficient_capsnet"
     image = image_input(owner, input_shape, min_size=11)
     _checks.positive_int(owner, "primary_dim", primary_dim)
-    size = list(input_shape[:2])
     h = image
     for k, (filters, kernel, stride) in enumerate(CONVOLUTIONS, 1):
-        size = [conv_output_length(d, kernel, "valid", stride) for d in size]
         h = tf.keras.layers.Conv2D(filters, kernel, strides=stride, activation="relu",
                                    kernel_initializer="he_normal", name=f"conv{k}")(h)
         h = tf.keras.layers.BatchNormalization(momentum=bn_momentum, name=f"bn{k}")(h)
@@ -68,7 +66,8 @@ def efficient_capsnet(input_shape=(28, 28, 1), num_classes=10, decoder=False,
     if channels % primary_dim:
         raise ValueError(f"{owner}: `primary_dim` must divide the {channels} channels of the last "
                          f"convolution, got primary_dim={primary_dim!r}")
-    primary = PrimaryCapsules(channels // primary_dim, primary_dim, tuple(size), depthwise=True,
+    primary = PrimaryCapsules(channels // primary_dim, primary_dim,
+                              tuple(h.shape.as_list()[1:3]), depthwise=True,
                               squash=squash, name="primary_capsules")(h)
     capsule_kwargs.setdefault("routing", "self_attention")
     capsule_kwargs.setdefault("kernel_initializer", "he_normal")

@@ -244,9 +244,8 @@ class _PrimaryCapsules(_Conv2D):
     def weight_axes(self, layer, in_sel, out_sel):
         if not layer.depthwise:
             return super().weight_axes(layer, in_sel, out_sel)
-        # channel c of the input makes channel c of the output
-        return [(layer.conv.depthwise_kernel, [(2, in_sel.keep)]),
-                (layer.conv.bias, [(0, in_sel.keep)])]
+        # depth multiplier 1: channel c of the input makes channel c of the output
+        return _DepthwiseConv2D().weight_axes(layer.conv, in_sel, in_sel)
 
     def resize_config(self, layer, config, in_sel, out_sel):
         if layer.depthwise:
