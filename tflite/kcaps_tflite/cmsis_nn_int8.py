@@ -62,7 +62,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
-from kcaps_tflite import files
+from kcaps_tflite import files, int8_sums
 from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, opcode_index
 
 # The version the converter writes for an int8 FULLY_CONNECTED.
@@ -256,8 +256,8 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
     if _scale_zero(source) is None or _scale_zero(mean) is None or axes is None or shape is None:
         return None
     reduced = sorted({int(a) % len(shape) for a in axes.ravel()})
-    count = int(np.prod([shape[a] for a in reduced]))
-    if count <= 0 or any(signature[a] < 0 for a in reduced):
+    count = int8_sums._summed_count(obj, subgraph, op)  # MEAN and SUM: (input, axes)
+    if count is None:
         return None  # a reduced dimension known only when the model runs
     kept = [a for a in range(len(shape)) if a not in reduced]
     target = mean_multiplier(_scale_zero(source)[0], _scale_zero(mean)[0], count)

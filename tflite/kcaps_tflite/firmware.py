@@ -496,14 +496,9 @@ def _python_outputs(data, records, source):
 def _budgets(flash, ram):
     from kcaps_tflite import micro
 
-    budgets = []
-    for target in micro.TARGETS.values():
-        budgets.append({"target": target.name, "description": target.description,
-                        "flash_bytes": target.flash_bytes, "sram_bytes": target.sram_bytes,
-                        "flash_headroom_bytes": target.flash_bytes - flash,
-                        "sram_headroom_bytes": target.sram_bytes - ram,
-                        "fits": flash <= target.flash_bytes and ram <= target.sram_bytes})
-    return budgets
+    # the firmware's whole flash and RAM, not the model and arena that `check_budget` names
+    return [{k: v for k, v in micro.check_budget(flash, ram, target).items()
+             if k not in ("model_bytes", "arena_bytes")} for target in micro.TARGETS.values()]
 
 
 def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_dir=None,
@@ -591,9 +586,9 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
     if reference:
         host = build_host(data, output_dir / "host", tflm_dir, jobs, log, source)
         host_raw, _, _, _, _ = _run_program(host, records, timeout)
-        host_first = _outputs(host_raw, output_details, len(records))[0].reshape(len(records), -1)
-        differing = int(sum(np.sum(a != b) for a, b in
-                            zip(outputs, _outputs(host_raw, output_details, len(records)))))
+        host_outputs = _outputs(host_raw, output_details, len(records))
+        host_first = host_outputs[0].reshape(len(records), -1)
+        differing = int(sum(np.sum(a != b) for a, b in zip(outputs, host_outputs)))
         agreement["host_identical"] = differing == 0
         agreement["host_differing_values"] = differing
         agreement["host_top1_agreement"] = float(np.mean(first.argmax(-1)
