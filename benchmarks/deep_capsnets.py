@@ -44,7 +44,7 @@ import time
 import kcaps  # first: it selects Keras 2 before TensorFlow is imported
 import numpy as np
 import tensorflow as tf
-from kcaps_training import datasets, plots
+from kcaps_training import datasets, plots, train as recipe
 
 
 def build(args, depth, dim, capsules, init):
@@ -62,8 +62,7 @@ def activity(model, held, threshold):
 
 
 def accuracy(model, data):
-    scores = kcaps.models.classifier(model).predict(data.x_test, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(scores, axis=-1) == data.y_test))
+    return recipe.evaluate(model, data.x_test, data.y_test)["accuracy"]
 
 
 def fit(model, data, args, epochs, first_epoch=0, callbacks=(), history_out=None):

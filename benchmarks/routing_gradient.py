@@ -15,7 +15,7 @@ import time
 
 import kcaps
 import tensorflow as tf
-from kcaps_training import datasets
+from kcaps_training import datasets, train as recipe
 
 
 def run(data, stop, seed, epochs, batch_size):
@@ -25,8 +25,7 @@ def run(data, stop, seed, epochs, batch_size):
     start = time.perf_counter()
     model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, verbose=0)
     seconds = (time.perf_counter() - start) / epochs
-    scores = kcaps.models.classifier(model).predict(data.x_test, batch_size=256, verbose=0)
-    return float((scores.argmax(-1) == data.y_test.reshape(-1)).mean()), seconds
+    return recipe.evaluate(model, data.x_test, data.y_test.reshape(-1))["accuracy"], seconds
 
 
 def main(argv=None):
