@@ -63,7 +63,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files, int8_sums
-from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, opcode_index
+from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, int8_scale_zero, opcode_index
 
 # The version the converter writes for an int8 FULLY_CONNECTED.
 _FC_VERSION = 4
@@ -135,14 +135,6 @@ def weight_scale(input_scale, output_scale, target):
     return None
 
 
-def _scale_zero(tensor):
-    q = tensor.quantization
-    if (tensor.type != schema.TensorType.INT8 or q is None or q.scale is None or len(q.scale) != 1
-            or q.zeroPoint is None or len(q.zeroPoint) != 1):
-        return None
-    return float(q.scale[0]), int(q.zeroPoint[0])
-
-
 def _constant(obj, tensor, dtype):
     data = obj.buffers[tensor.buffer].data
     return None if data is None else np.frombuffer(bytes(data), dtype)
@@ -174,7 +166,7 @@ def _identity_count_mul(obj, subgraph, op, mean_index, mean_scale=None):
     mean, factor = subgraph.tensors[mean_index], subgraph.tensors[other[0]]
     output = subgraph.tensors[int(op.outputs[0])]
     value = _constant(obj, factor, np.int8)
-    params = [_scale_zero(t) for t in (mean, factor, output)]
+    params = [int8_scale_zero(t) for t in (mean, factor, output)]
     if value is None or value.size != 1 or None in params:
         return False
     (s_mean, z_mean), (s_factor, z_factor), (s_out, z_out) = params
@@ -195,7 +187,7 @@ def _rescaled_mean(obj, subgraph, mul, mean_index, input_scale, target):
     multiplier, shift = target
     if not (1 << 30) <= multiplier < (1 << 31):
         return None
-    up = down = np.float32(_scale_zero(subgraph.tensors[mean_index])[0])
+    up = down = np.float32(int8_scale_zero(subgraph.tensors[mean_index])[0])
     for _ in range(SEARCH_ULPS * 8):
         for output_scale in (up, down):
             estimate = np.float32(float(output_scale) * multiplier * 2.0 ** (shift - 31)
@@ -253,18 +245,19 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
     source, mean = subgraph.tensors[source_index], subgraph.tensors[mean_index]
     axes = _constant(obj, subgraph.tensors[int(op.inputs[1])], np.int32)
     shape, signature = _shape(source), _signature(source)
-    if _scale_zero(source) is None or _scale_zero(mean) is None or axes is None or shape is None:
+    source_params, mean_params = int8_scale_zero(source), int8_scale_zero(mean)
+    if source_params is None or mean_params is None or axes is None or shape is None:
         return None
     reduced = sorted({int(a) % len(shape) for a in axes.ravel()})
     count = int8_sums._summed_count(obj, subgraph, op)  # MEAN and SUM: (input, axes)
     if count is None:
         return None  # a reduced dimension known only when the model runs
     kept = [a for a in range(len(shape)) if a not in reduced]
-    target = mean_multiplier(_scale_zero(source)[0], _scale_zero(mean)[0], count)
+    input_scale = source_params[0]
+    target = mean_multiplier(input_scale, mean_params[0], count)
 
     # The tensor the FULLY_CONNECTED writes: the count MUL's output when that MUL is the identity,
     # else the MEAN's own output (at a nearby scale if the count MUL stays the identity there).
-    input_scale = _scale_zero(source)[0]
     written, removed, scale = mean_index, [], None
     consumers = uses.get(mean_index, [])
     mul = subgraph.operators[consumers[0]] if len(consumers) == 1 else None
@@ -272,7 +265,7 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
                  and _identity_count_mul(obj, subgraph, mul, mean_index))
     if count_mul:
         written = int(mul.outputs[0])
-        scale = weight_scale(input_scale, _scale_zero(subgraph.tensors[written])[0], target)
+        scale = weight_scale(input_scale, int8_scale_zero(subgraph.tensors[written])[0], target)
         if scale is not None:
             removed = [consumers[0]]
         else:
@@ -282,7 +275,7 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
                 mean.quantization.scale = [found[0]]
                 scale = found[1]
     else:
-        scale = weight_scale(input_scale, _scale_zero(mean)[0], target)
+        scale = weight_scale(input_scale, mean_params[0], target)
     if scale is None:
         notes.append(f"MEAN {mean.name.decode()}: multiplier {target} has no all-ones "
                      f"FULLY_CONNECTED weight scale (count {count})")

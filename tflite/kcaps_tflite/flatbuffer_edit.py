@@ -1,5 +1,5 @@
 """Small edits of a `.tflite` flatbuffer in its object form (`flatbuffer_utils`), shared by the
-conversion-time rewrites (`float_islands`, `int8_sums`)."""
+conversion-time rewrites (`float_islands`, `int8_sums`, `xnnpack_int8`, `cmsis_nn_int8`)."""
 import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
@@ -8,6 +8,16 @@ from ai_edge_litert.tools import flatbuffer_utils
 def builtin_code(obj, op):
     """The builtin operator code of `op` in model object `obj`."""
     return flatbuffer_utils.get_builtin_code_from_operator_code(obj.operatorCodes[op.opcodeIndex])
+
+
+def int8_scale_zero(tensor):
+    """`(scale, zero_point)` of a per-tensor quantized int8 tensor; None for any other tensor
+    (another type, no quantization, or per-channel)."""
+    q = tensor.quantization
+    if (tensor.type != schema.TensorType.INT8 or q is None or q.scale is None or len(q.scale) != 1
+            or q.zeroPoint is None or len(q.zeroPoint) != 1):
+        return None
+    return float(q.scale[0]), int(q.zeroPoint[0])
 
 
 def opcode_index(obj, builtin, version=1):

@@ -49,16 +49,10 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files
-from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, opcode_index
+from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, int8_scale_zero, opcode_index
 
 # The op versions the converter writes for int8 MEAN and MUL (used only when the model has none).
 _INT8_VERSION = 2
-
-
-def _per_tensor_int8(tensor):
-    q = tensor.quantization
-    return (tensor.type == schema.TensorType.INT8 and q is not None and q.scale is not None
-            and len(q.scale) == 1 and q.zeroPoint is not None and len(q.zeroPoint) == 1)
 
 
 def _summed_count(obj, subgraph, op):
@@ -91,7 +85,7 @@ def sums_as_means(model):
             source = subgraph.tensors[int(op.inputs[0])]
             output = subgraph.tensors[int(op.outputs[0])]
             count = _summed_count(obj, subgraph, op)
-            if not (_per_tensor_int8(source) and _per_tensor_int8(output) and count):
+            if not (int8_scale_zero(source) and int8_scale_zero(output) and count):
                 continue
             mean = copy.deepcopy(output)
             # A short name without a layer path: the MEAN counts as its neighbours' layer.

@@ -52,6 +52,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files
+from kcaps_tflite.flatbuffer_edit import int8_scale_zero
 
 BLOCK = 2
 MAX_INPUT_CHANNELS = 3  # 2x2 blocks of up to 3 channels: at most 12 channels, under 2 blocks of 8
@@ -158,12 +159,6 @@ _VIEWS = {schema.BuiltinOperator.RESHAPE, schema.BuiltinOperator.TRANSPOSE,
           schema.BuiltinOperator.EXPAND_DIMS, schema.BuiltinOperator.SQUEEZE}
 
 
-def _per_tensor(tensor):
-    q = tensor.quantization
-    return (tensor.type == schema.TensorType.INT8 and q is not None and q.scale is not None
-            and len(q.scale) == 1 and len(q.zeroPoint) == 1)
-
-
 def symmetric_batch_matmul(model):
     """`model` (bytes) with zero point 0 on every int8 BATCH_MATMUL's second operand (module doc,
     point 2); the input bytes when there is nothing to change."""
@@ -198,9 +193,10 @@ def symmetric_batch_matmul(model):
             continue
         rhs = int(op.inputs[1])
         tensor = tensors[rhs]
-        if not _per_tensor(tensor) or tensor.quantization.zeroPoint[0] == 0:
+        params = int8_scale_zero(tensor)
+        if params is None or params[1] == 0:
             continue
-        scale, zero = float(tensor.quantization.scale[0]), int(tensor.quantization.zeroPoint[0])
+        scale, zero = params
         buffer = obj.buffers[tensor.buffer]
         if buffer.data is not None and len(buffer.data):  # a constant: requantize its values
             real = scale * (np.frombuffer(bytes(buffer.data), np.int8).astype(np.float64) - zero)
@@ -211,9 +207,7 @@ def symmetric_batch_matmul(model):
             changed = True
             continue
         chain = members[find(rhs)]
-        if io & set(chain) or not all(
-                _per_tensor(tensors[t]) and float(tensors[t].quantization.scale[0]) == scale
-                and int(tensors[t].quantization.zeroPoint[0]) == zero for t in chain):
+        if io & set(chain) or not all(int8_scale_zero(tensors[t]) == params for t in chain):
             continue
         new_scale = max(scale * (128 + zero), scale * (127 - zero)) / 127
         for t in chain:
