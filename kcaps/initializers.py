@@ -9,6 +9,15 @@ import math
 
 import tensorflow as tf
 
+# The standard deviation of a normal truncated at 2 sigma, as a fraction of the untruncated one.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def _truncated_normal(shape, stddev, dtype, seed):
+    """Zero-mean normal truncated at 2 sigma whose values have standard deviation `stddev`."""
+    return tf.random.truncated_normal(shape, 0.0, stddev / _TRUNCATED_STD, dtype or tf.float32,
+                                      seed=seed)
+
 
 @tf.keras.utils.register_keras_serializable(package="kcaps")
 class CapsuleFanIn(tf.keras.initializers.Initializer):
@@ -31,8 +40,7 @@ class CapsuleFanIn(tf.keras.initializers.Initializer):
     def __call__(self, shape, dtype=None, **kwargs):
         if len(shape) != 4:
             raise ValueError(f"CapsuleFanIn expects a rank-4 capsule kernel shape, got {shape}")
-        stddev = math.sqrt(self.scale / shape[1]) / 0.87962566103423978  # truncation at 2 sigma
-        return tf.random.truncated_normal(shape, 0.0, stddev, dtype or tf.float32, seed=self.seed)
+        return _truncated_normal(shape, math.sqrt(self.scale / shape[1]), dtype, self.seed)
 
     def get_config(self):
         return {"scale": self.scale, "seed": self.seed}
@@ -113,8 +121,7 @@ class CapsuleLengthPreserving(tf.keras.initializers.Initializer):
                 f"(num_in, input_dim, num_capsules, capsule_dim), got {shape}")
         num_in, _, num_out, out_dim = (int(d) for d in shape)
         stddev = (self.target_norm / self.input_length) * num_out / math.sqrt(num_in * out_dim)
-        stddev /= 0.87962566103423978  # truncation at 2 sigma
-        return tf.random.truncated_normal(shape, 0.0, stddev, dtype or tf.float32, seed=self.seed)
+        return _truncated_normal(shape, stddev, dtype, self.seed)
 
     def get_config(self):
         return {"target_norm": self.target_norm, "input_length": self.input_length, "seed": self.seed}

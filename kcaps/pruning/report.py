@@ -65,10 +65,14 @@ def sparsity_report(model, m_by_n=(2, 4)):
     return rows
 
 
+# The axis tfmot's m-by-n groups run along, by weight rank, in the layout tfmot sees
+# (`pruning_utils.weights_rearrange`: a convolution's input channels, a Dense layer's inputs).
+_TFMOT_GROUP_AXIS = {4: 2, 2: 0}
+
+
 def reduction_axis(weight):
     """The axis of the stored weight along which tfmot forms its m-by-n groups (None: rank not 2/4)."""
-    rank = len(weight.shape)
-    axis = {4: 2, 2: 0}.get(rank)
+    axis = _TFMOT_GROUP_AXIS.get(len(weight.shape))
     perm = getattr(weight, "perm", None)
     return perm[axis] if perm is not None and axis is not None else axis
 
@@ -90,12 +94,10 @@ def has_m_by_n(values, m_by_n=(2, 4)):
     """
     zeros, n = m_by_n
     values = np.asarray(values)
-    if values.ndim == 4:
-        rows = np.transpose(values, [3, 0, 1, 2]).reshape(-1, values.shape[2])
-    elif values.ndim == 2:
-        rows = values.T
-    else:
+    axis = _TFMOT_GROUP_AXIS.get(values.ndim)
+    if axis is None:
         return None
+    rows = np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis])
     pad = (-rows.shape[1]) % n
     rows = np.pad(rows, [(0, 0), (0, pad)])
     nonzero = np.count_nonzero(rows.reshape(rows.shape[0], -1, n), axis=-1)
