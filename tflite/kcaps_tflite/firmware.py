@@ -289,6 +289,7 @@ class Build:
     map_path: pathlib.Path | None
     libraries: firmware_build.Libraries
     arena_bytes: int | None
+    graph: "graph.Graph"  # the model's operators, as `_prepare` read them
 
 
 def _prepare(data, source, work_dir, target, kernels, tflm_dir, jobs, log, clock_hz=0):
@@ -320,7 +321,7 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
     firmware_build.check_toolchain(board.target)
     work_dir = pathlib.Path(work_dir or tempfile.mkdtemp(prefix="kcaps-firmware-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    _, libraries, objects = _prepare(data, source, work_dir, board.target, kernels, tflm_dir,
+    g, libraries, objects = _prepare(data, source, work_dir, board.target, kernels, tflm_dir,
                                      jobs, log, board.clock_hz)
     elf, map_path, script = work_dir / "firmware.elf", work_dir / "firmware.map", \
         work_dir / "link.ld"
@@ -374,7 +375,7 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
         log(f"arena: TFLite Micro used {values['arena_used']} bytes; linking {arena_bytes}")
     else:
         link(int(arena_bytes))
-    return Build(board.name, kernels, work_dir, elf, map_path, libraries, int(arena_bytes))
+    return Build(board.name, kernels, work_dir, elf, map_path, libraries, int(arena_bytes), g)
 
 
 def build_host(model, work_dir=None, tflm_dir=None, jobs=None, log=print, source=None):
@@ -382,13 +383,13 @@ def build_host(model, work_dir=None, tflm_dir=None, jobs=None, log=print, source
     data, source = files.model_bytes(model, source)
     work_dir = pathlib.Path(work_dir or tempfile.mkdtemp(prefix="kcaps-host-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    _, libraries, objects = _prepare(data, source, work_dir, "host", "reference", tflm_dir, jobs,
+    g, libraries, objects = _prepare(data, source, work_dir, "host", "reference", tflm_dir, jobs,
                                      log)
     program = work_dir / "host_model"
     error = firmware_build.link(libraries, objects, program)
     if error:
         raise FirmwareError(f"linking the host build failed:\n{error[-4000:]}")
-    return Build("host", "reference", work_dir, program, None, libraries, None)
+    return Build("host", "reference", work_dir, program, None, libraries, None, g)
 
 
 def _run_program(build, inputs, timeout, icount=True):
@@ -531,7 +532,7 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
     raw, values, ticks, profile, seconds = _run_program(build, records, timeout)
     _, output_details = _input_details(data)
     outputs = _outputs(raw, output_details, len(records))
-    g = graph.read(data, source)
+    g = build.graph
     per_tick = 1e9 / board.clock_hz
     instructions = np.asarray(ticks, np.float64) * per_tick
     report = {
