@@ -333,13 +333,10 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
             raise _overflow(error, board, len(data)) or FirmwareError(
                 f"linking the firmware for {board.name} failed:\n{error[-4000:]}")
 
+    probe_dir = work_dir / "probe"
+
     def probe(arena):
-        """Run the firmware linked with `arena` bytes on one zero input; its output."""
-        probe_dir = work_dir / "probe"
-        probe_dir.mkdir(exist_ok=True)
-        record = _input_details(data)[0][0]
-        (probe_dir / "inputs.bin").write_bytes(bytes(int(np.prod(record["shape"]))
-                                                     * np.dtype(record["dtype"]).itemsize))
+        """Run the firmware linked with `arena` bytes on the zero input; its output."""
         return _execute(board.qemu_command(elf, icount=False), probe_dir, timeout,
                         f"the firmware on {board.name} (arena probe, {arena} bytes)")
 
@@ -349,6 +346,10 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
         used = sum(sections.get(s, 0) for s in (".data", ".bss", ".heap", ".stack"))
         free = (board.ram_bytes - used - 64) // 16 * 16
         link(free)
+        probe_dir.mkdir(exist_ok=True)
+        record = _input_details(data)[0][0]  # one zero input for every probe
+        (probe_dir / "inputs.bin").write_bytes(bytes(int(np.prod(record["shape"]))
+                                                     * np.dtype(record["dtype"]).itemsize))
         try:
             output = probe(free)
         except FirmwareCrashError as error:
@@ -471,9 +472,13 @@ def _outputs(raw, output_details, count):
 
 def quantize_inputs(data, x):
     """Float inputs `(n, ...)` -> the model's input records (int8 with its scale/zero point)."""
+    return _quantize(_input_details(data)[0], x)
+
+
+def _quantize(inputs, x):
+    """`quantize_inputs` with the model's input details already read."""
     from kcaps_tflite import verify
 
-    inputs, _ = _input_details(data)
     if len(inputs) != 1:
         raise ValueError(f"the firmware harness feeds one input tensor; the model has "
                          f"{len(inputs)}")
@@ -524,13 +529,13 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
     data, source = files.model_bytes(model, source)
     if x is None:
         raise ValueError("firmware.run needs inputs x (n, ...)")
-    records = quantize_inputs(data, x)
+    input_details, output_details = _input_details(data)
+    records = _quantize(input_details, x)
     started = time.perf_counter()
     output_dir = pathlib.Path(output_dir or tempfile.mkdtemp(prefix="kcaps-firmware-")).resolve()
     build = build_firmware(data, board.name, kernels, output_dir / f"{board.name}-{kernels}",
                            tflm_dir, arena_bytes, jobs, timeout, log, source)
     raw, values, ticks, profile, seconds = _run_program(build, records, timeout)
-    _, output_details = _input_details(data)
     outputs = _outputs(raw, output_details, len(records))
     g = build.graph
     per_tick = 1e9 / board.clock_hz
