@@ -290,21 +290,28 @@ class Build:
     libraries: firmware_build.Libraries
     arena_bytes: int | None
     graph: "graph.Graph"  # the model's operators, as `_prepare` read them
+    model_c: pathlib.Path  # the model as C source (`c_export`), as `_prepare` wrote it
 
 
-def _prepare(data, source, work_dir, target, kernels, tflm_dir, jobs, log, clock_hz=0):
-    g = graph.read(data, source)
-    custom = sorted({op.name for op in g.operators if op.custom})
-    if custom:
-        raise FirmwareOpError(f"{source}: TFLite Micro firmware runs builtin operators only; "
-                              f"custom operator(s) {', '.join(custom)}")
+def _prepare(data, source, work_dir, target, kernels, tflm_dir, jobs, log, clock_hz=0,
+             like=None):
+    """Read the model, compile the libraries and the program's objects; `like`: a `Build` of
+    the same model whose graph and C source are reused instead of read and exported again."""
+    if like is None:
+        g = graph.read(data, source)
+        custom = sorted({op.name for op in g.operators if op.custom})
+        if custom:
+            raise FirmwareOpError(f"{source}: TFLite Micro firmware runs builtin operators only; "
+                                  f"custom operator(s) {', '.join(custom)}")
+    else:
+        g = like.graph
     ops = list(g.op_counts())
     libraries = firmware_build.build_libraries(ops, target, kernels, tflm_dir, jobs, log)
-    c_export.export_c(data, work_dir, source=source)
-    objects = firmware_build.compile_program(libraries, work_dir / "model_data.cc", work_dir,
-                                             jobs, [f"-DKCAPS_CLOCK_HZ={clock_hz}"],
+    model_c = like.model_c if like else c_export.export_c(data, work_dir, source=source)[1]
+    objects = firmware_build.compile_program(libraries, model_c, work_dir, jobs,
+                                             [f"-DKCAPS_CLOCK_HZ={clock_hz}"],
                                              len(g.operators))
-    return g, libraries, objects
+    return g, model_c, libraries, objects
 
 
 def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None, tflm_dir=None,
@@ -321,8 +328,8 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
     firmware_build.check_toolchain(board.target)
     work_dir = pathlib.Path(work_dir or tempfile.mkdtemp(prefix="kcaps-firmware-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    g, libraries, objects = _prepare(data, source, work_dir, board.target, kernels, tflm_dir,
-                                     jobs, log, board.clock_hz)
+    g, model_c, libraries, objects = _prepare(data, source, work_dir, board.target, kernels,
+                                              tflm_dir, jobs, log, board.clock_hz)
     elf, map_path, script = work_dir / "firmware.elf", work_dir / "firmware.map", \
         work_dir / "link.ld"
 
@@ -376,21 +383,27 @@ def build_firmware(model, board="mps2-an386", kernels="cmsis_nn", work_dir=None,
         log(f"arena: TFLite Micro used {values['arena_used']} bytes; linking {arena_bytes}")
     else:
         link(int(arena_bytes))
-    return Build(board.name, kernels, work_dir, elf, map_path, libraries, int(arena_bytes), g)
+    return Build(board.name, kernels, work_dir, elf, map_path, libraries, int(arena_bytes), g,
+                 model_c)
 
 
 def build_host(model, work_dir=None, tflm_dir=None, jobs=None, log=print, source=None):
     """The same TFLite Micro sources built for this machine (reference kernels)."""
     data, source = files.model_bytes(model, source)
+    return _build_host(data, source, work_dir, tflm_dir, jobs, log)
+
+
+def _build_host(data, source, work_dir, tflm_dir, jobs, log, like=None):
+    """`build_host`; `like`: a firmware `Build` of the same model, whose C source it compiles."""
     work_dir = pathlib.Path(work_dir or tempfile.mkdtemp(prefix="kcaps-host-"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    g, libraries, objects = _prepare(data, source, work_dir, "host", "reference", tflm_dir, jobs,
-                                     log)
+    g, model_c, libraries, objects = _prepare(data, source, work_dir, "host", "reference",
+                                              tflm_dir, jobs, log, like=like)
     program = work_dir / "host_model"
     error = firmware_build.link(libraries, objects, program)
     if error:
         raise FirmwareError(f"linking the host build failed:\n{error[-4000:]}")
-    return Build("host", "reference", work_dir, program, None, libraries, None, g)
+    return Build("host", "reference", work_dir, program, None, libraries, None, g, model_c)
 
 
 def _run_program(build, inputs, timeout, icount=True):
@@ -590,7 +603,7 @@ def run(model, board="mps2-an386", kernels="cmsis_nn", x=None, y=None, output_di
     if y is not None:
         agreement["accuracy"] = float(np.mean(first.argmax(-1) == np.asarray(y).reshape(-1)))
     if reference:
-        host = build_host(data, output_dir / "host", tflm_dir, jobs, log, source)
+        host = _build_host(data, source, output_dir / "host", tflm_dir, jobs, log, like=build)
         host_raw, _, _, _, _ = _run_program(host, records, timeout)
         host_outputs = _outputs(host_raw, output_details, len(records))
         host_first = host_outputs[0].reshape(len(records), -1)

@@ -487,12 +487,13 @@ def write_resolver(methods, path, operators=0):
 
 
 def compile_program(libraries, model_c, work_dir, jobs=None, defines=(), operators=0):
-    """Compile the harness, the start-up code and the model's C array into objects."""
+    """Compile the harness, the start-up code and the model's C array into objects (in
+    `work_dir`; the model's header is the one next to `model_c`)."""
     target = TARGETS.get(libraries.target)
     work_dir = pathlib.Path(work_dir)
     write_resolver(libraries.methods, work_dir / "kcaps_ops.h", operators)
     flags = _flags(target, libraries.tflm_dir, libraries.kernels == "cmsis_nn")
-    flags += [f"-I{work_dir}", *defines]
+    flags += [f"-I{work_dir}", f"-I{pathlib.Path(model_c).parent}", *defines]
     sources = [(FIRMWARE_SOURCES / "harness.cc", flags), (pathlib.Path(model_c), flags)]
     if not target.is_host:
         sources.append((FIRMWARE_SOURCES / "startup.c", flags))
