@@ -40,7 +40,6 @@ ValueError: unknown board 'stm32'; valid boards: mps2-an386, mps2-an500, mps3-an
 """
 import dataclasses
 import json
-import os
 import pathlib
 import re
 import shutil
@@ -433,17 +432,17 @@ def _run_program(build, inputs, timeout, icount=True):
 def _plugin():
     """The instruction-counting TCG plugin (tflite/firmware/icount_plugin.c), built once."""
     source = firmware_build.FIRMWARE_SOURCES / "icount_plugin.c"
-    key = firmware_build._key(source.read_text())
-    library = firmware_build.cache_dir() / f"icount-plugin-{key}.so"
-    if not library.exists():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        tmp = library.with_suffix(f".tmp{os.getpid()}")
-        result = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(tmp), str(source)],
+    command = ["gcc", "-shared", "-fPIC", "-O2"]
+
+    def build(tmp):
+        result = subprocess.run(command + ["-o", str(tmp / "icount_plugin.so"), str(source)],
                                 capture_output=True, text=True)
         if result.returncode:
             raise FirmwareError(f"building the QEMU plugin failed:\n{result.stderr}")
-        os.replace(tmp, library)
-    return library
+
+    entry, _ = firmware_build._cached_build(
+        "icount-plugin", firmware_build._key(command, source.read_text()), build, lambda _: None)
+    return entry / "icount_plugin.so"
 
 
 def plugin_instructions(build, records, timeout=300):
