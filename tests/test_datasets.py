@@ -98,6 +98,32 @@ def test_pipeline_shifts_each_image_independently():
     assert len(positions) > 5 and all(12 <= r <= 16 and 12 <= c <= 16 for r, c in positions)
 
 
+def test_pipeline_is_reproducible_for_a_seed_and_new_every_epoch():
+    # Each image is a dot at the centre with the brightness of its label, so the shifts and the
+    # pairing of images with labels can both be read off a batch.
+    x = np.zeros((96, 16, 16, 1), np.float32)
+    x[:, 8, 8, 0] = np.arange(1, 97)
+    y = np.arange(96)
+
+    def two_epochs(seed):
+        data = datasets.pipeline(x, y, 32, shuffle=True, max_shift=2, seed=seed)
+        return [[(b.numpy(), l.numpy()) for b, l in data] for _ in range(2)]
+
+    def dots(epoch):  # (label, row, col) of every example, in the order it came
+        return [(int(label), *map(int, np.argwhere(image[..., 0])[0]))
+                for images, labels in epoch for image, label in zip(images, labels)
+                if image.max() == label + 1]
+
+    first, again, other = two_epochs(3), two_epochs(3), two_epochs(4)
+    for epoch in first:
+        assert len(dots(epoch)) == 96  # every image still carries its own label
+    assert dots(first[0]) == dots(again[0]) and dots(first[1]) == dots(again[1])
+    assert dots(first[0]) != dots(first[1])  # reshuffled and shifted anew each epoch
+    assert dots(first[0]) != dots(other[0])
+    shifts = {(r, c) for _, r, c in dots(first[0])}
+    assert len(shifts) > 5 and all(6 <= r <= 10 and 6 <= c <= 10 for r, c in shifts)
+
+
 def test_default_real_digits_directory_is_shared_beside_the_checkout(monkeypatch):
     from kcaps_training import datasets
 

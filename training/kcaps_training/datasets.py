@@ -130,21 +130,35 @@ def load(name, data_dir=None):
 
 
 def shift_augment(image, max_shift, seed=None):
-    """Shift one image by up to `max_shift` pixels each way, zero-filled (Sabour et al. use 2)."""
+    """Shift one image by up to `max_shift` pixels each way, zero-filled (Sabour et al. use 2).
+
+    `seed`: None draws the shift from TensorFlow's global random state; a shape-[2] integer
+    tensor draws it statelessly (`tf.image.stateless_random_crop`): the same seed, the same shift.
+    """
     if max_shift <= 0:
         return image
     padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
-    return tf.image.random_crop(padded, tf.shape(image), seed=seed)
+    if seed is None:
+        return tf.image.random_crop(padded, tf.shape(image))
+    return tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
 
 
 def examples(x, y, shuffle=False, max_shift=0, seed=0):
-    """An unbatched `tf.data.Dataset` of `(image, label)`, optionally shuffled and shifted."""
+    """An unbatched `tf.data.Dataset` of `(image, label)`, optionally shuffled and shifted.
+
+    Reproducible for a given `seed` (and TensorFlow's global seed): the shuffle is seeded, and
+    each example's shift is drawn statelessly from a seed of its own, taken from a seeded stream
+    that is new every epoch. (A stateful random op inside the parallel map would be drawn in the
+    order the threads happen to run, so two runs with the same seed would see other shifts.)
+    """
     data = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if max_shift:
-        data = data.map(lambda image, label: (shift_augment(image, max_shift), label),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        data = tf.data.Dataset.zip(data, seeds).map(
+            lambda example, pair: (shift_augment(example[0], max_shift, pair), example[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return data
 
 
