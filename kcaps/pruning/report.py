@@ -97,6 +97,8 @@ def has_m_by_n(values, m_by_n=(2, 4)):
     axis = _TFMOT_GROUP_AXIS.get(values.ndim)
     if axis is None:
         return None
+    if values.size == 0:
+        return True
     rows = np.moveaxis(values, axis, -1).reshape(-1, values.shape[axis])
     pad = (-rows.shape[1]) % n
     rows = np.pad(rows, [(0, 0), (0, pad)])

@@ -306,7 +306,10 @@ def _prepare(data, source, work_dir, target, kernels, tflm_dir, jobs, log, clock
         g = like.graph
     ops = list(g.op_counts())
     libraries = firmware_build.build_libraries(ops, target, kernels, tflm_dir, jobs, log)
-    model_c = like.model_c if like else c_export.export_c(data, work_dir, source=source)[1]
+    if like is None:
+        model_c = c_export.export_c(data, work_dir, source=source)[1]
+    else:
+        model_c = like.model_c
     objects = firmware_build.compile_program(libraries, model_c, work_dir, jobs,
                                              [f"-DKCAPS_CLOCK_HZ={clock_hz}"],
                                              len(g.operators))

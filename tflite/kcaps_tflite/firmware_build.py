@@ -488,7 +488,9 @@ def write_resolver(methods, path, operators=0):
 
 def compile_program(libraries, model_c, work_dir, jobs=None, defines=(), operators=0):
     """Compile the harness, the start-up code and the model's C array into objects (in
-    `work_dir`; the model's header is the one next to `model_c`)."""
+    `work_dir`). `work_dir` comes first on the include path, on purpose: its `kcaps_ops.h` (the
+    op resolver of this build) wins over one next to `model_c`, which may be another build's;
+    `model_data.h` (declarations only, the same for every model) is found next to `model_c`."""
     target = TARGETS.get(libraries.target)
     work_dir = pathlib.Path(work_dir)
     write_resolver(libraries.methods, work_dir / "kcaps_ops.h", operators)

@@ -129,6 +129,10 @@ def load(name, data_dir=None):
     raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(NAMES)}")
 
 
+# Mixed into `examples`' seed for the stream of per-example shift seeds.
+_SHIFT_STREAM = 0x5EED
+
+
 def shift_augment(image, max_shift, seed=None):
     """Shift one image by up to `max_shift` pixels each way, zero-filled (Sabour et al. use 2).
 
@@ -155,7 +159,10 @@ def examples(x, y, shuffle=False, max_shift=0, seed=0):
     if shuffle:
         data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     if max_shift:
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        # Its own seed: with the shuffle's, the two streams would draw the same numbers.
+        stream_seed = None if seed is None else seed ^ _SHIFT_STREAM
+        seeds = tf.data.Dataset.random(seed=stream_seed, rerandomize_each_iteration=True).batch(
+            2, drop_remainder=True)
         data = tf.data.Dataset.zip(data, seeds).map(
             lambda example, pair: (shift_augment(example[0], max_shift, pair), example[1]),
             num_parallel_calls=tf.data.AUTOTUNE)
