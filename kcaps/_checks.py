@@ -1,6 +1,8 @@
 """Argument checks that fail at construction or build time with the bad value in the message."""
 import math
 
+import tensorflow as tf
+
 
 
 def positive_int(owner, field, value):
@@ -39,3 +41,13 @@ def capsule_input_shape(owner, input_shape):
             f"layer is built, got input shape {shape}"
         )
     return int(shape[1]), int(shape[2])
+
+
+def fused_gradient(owner, gradient, *tensors):
+    """Whether the hand-written gradient applies: `gradient == "fused"` and `tensors` all float32
+    or all float64 (otherwise TensorFlow's autodiff is used). ValueError naming `owner` unless
+    `gradient` is "fused" or "autodiff"."""
+    if gradient not in ("fused", "autodiff"):
+        raise ValueError(f"{owner}: gradient must be 'fused' or 'autodiff', got {gradient!r}")
+    dtypes = {t.dtype for t in tensors}
+    return gradient == "fused" and len(dtypes) == 1 and dtypes <= {tf.float32, tf.float64}

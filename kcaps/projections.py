@@ -165,11 +165,7 @@ class DenseProjection(tf.keras.layers.Layer):
         dtype) lets TensorFlow differentiate the ops. The forward ops, and so the inference
         graph, are the same either way.
         """
-        if gradient not in ("fused", "autodiff"):
-            raise ValueError(f"{type(self).__name__}.project: gradient must be 'fused' or "
-                             f"'autodiff', got {gradient!r}")
-        if (gradient == "fused" and u.dtype in (tf.float32, tf.float64)
-                and kernel.dtype == u.dtype):
+        if _checks.fused_gradient(f"{type(self).__name__}.project", gradient, u, kernel):
             return self._project_with_gradient(u, tf.convert_to_tensor(kernel))
         return self._project(u, kernel)[0]
 

@@ -34,7 +34,7 @@ import typing
 
 import tensorflow as tf
 
-from kcaps import ops, xnor
+from kcaps import _checks, ops, xnor
 from kcaps.registry import Registry
 
 
@@ -96,12 +96,9 @@ def dynamic_routing(u_hat, iterations=3, agreement="dot", squash=ops.squash, bia
     """
     if iterations < 1:
         raise ValueError(f"routing iterations must be >= 1, got {iterations}")
-    if gradient not in ("fused", "autodiff"):
-        raise ValueError(
-            f"dynamic_routing: gradient must be 'fused' or 'autodiff', got {gradient!r}")
+    fused = _checks.fused_gradient("dynamic_routing", gradient, u_hat)
     agree = AGREEMENTS.get(agreement)
-    if (gradient == "fused" and agree is dot_agreement and not stop_gradient
-            and u_hat.dtype in (tf.float32, tf.float64)):
+    if fused and agree is dot_agreement and not stop_gradient:
         return _fused_dot_routing(u_hat, iterations, squash, bias)
     routed = tf.stop_gradient(u_hat) if stop_gradient else u_hat  # iterations before the last
     return _iterate(u_hat, routed, iterations, agree, squash, bias)[2][-1]
