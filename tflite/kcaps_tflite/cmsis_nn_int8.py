@@ -63,7 +63,8 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files, int8_sums
-from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, int8_scale_zero, opcode_index
+from kcaps_tflite.flatbuffer_edit import (add_tensor, builtin_code, int8_scale_zero, new_operator,
+                                          shape_signature, tensor_shape)
 
 # The version the converter writes for an int8 FULLY_CONNECTED.
 _FC_VERSION = 4
@@ -140,17 +141,6 @@ def _constant(obj, tensor, dtype):
     return None if data is None else np.frombuffer(bytes(data), dtype)
 
 
-def _shape(tensor):
-    return None if tensor.shape is None else [int(d) for d in tensor.shape]
-
-
-def _signature(tensor):
-    """The shape with -1 where a dimension is dynamic (the batch, as the converter writes it)."""
-    if tensor.shapeSignature is None:
-        return _shape(tensor)
-    return [int(d) for d in tensor.shapeSignature]
-
-
 def _identity_count_mul(obj, subgraph, op, mean_index, mean_scale=None):
     """Whether MUL `op` of the MEAN's output by a constant hands every int8 value on unchanged
     (`int8_sums`' count MUL): same zero point, requantization the identity on [-128, 127] (with
@@ -170,7 +160,7 @@ def _identity_count_mul(obj, subgraph, op, mean_index, mean_scale=None):
     if value is None or value.size != 1 or None in params:
         return False
     (s_mean, z_mean), (s_factor, z_factor), (s_out, z_out) = params
-    if z_out != z_mean or _shape(output) != _shape(mean):
+    if z_out != z_mean or tensor_shape(output) != tensor_shape(mean):
         return False
     s_mean = s_mean if mean_scale is None else mean_scale
     multiplier, shift = quantize_multiplier(s_mean * s_factor / s_out)
@@ -219,16 +209,6 @@ def _new_tensor(obj, subgraph, like, name, shape, signature):
     return add_tensor(obj, subgraph, tensor)
 
 
-def _operator(obj, builtin, inputs, outputs, options_type=0, options=None, version=1):
-    op = schema.OperatorT()
-    op.opcodeIndex = opcode_index(obj, builtin, version)
-    op.inputs = np.array(inputs, np.int32)
-    op.outputs = np.array(outputs, np.int32)
-    op.builtinOptionsType = options_type
-    op.builtinOptions = options
-    return op
-
-
 def _int32_constant(obj, subgraph, name, values):
     tensor = schema.TensorT()
     tensor.name = name
@@ -244,7 +224,7 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
     source_index, mean_index = int(op.inputs[0]), int(op.outputs[0])
     source, mean = subgraph.tensors[source_index], subgraph.tensors[mean_index]
     axes = _constant(obj, subgraph.tensors[int(op.inputs[1])], np.int32)
-    shape, signature = _shape(source), _signature(source)
+    shape, signature = tensor_shape(source), shape_signature(source)
     source_params, mean_params = int8_scale_zero(source), int8_scale_zero(mean)
     if source_params is None or mean_params is None or axes is None or shape is None:
         return None
@@ -297,7 +277,7 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
         fc_input = _new_tensor(obj, subgraph, source, f"{name}/transposed".encode(),
                                [shape[a] for a in permutation],
                                [signature[a] for a in permutation])
-        replacement.append(_operator(
+        replacement.append(new_operator(
             obj, schema.BuiltinOperator.TRANSPOSE,
             [feed, _int32_constant(obj, subgraph, f"{name}/perm".encode(), perm.tolist())],
             [fc_input], schema.BuiltinOptions.TransposeOptions, schema.TransposeOptionsT()))
@@ -317,22 +297,22 @@ def _rewrite(obj, subgraph, index, uses, producers, outputs, notes):
     rows = int(np.prod([shape[a] for a in kept]))
     fc_shape = [rows, 1]
     fc_output = written
-    if _shape(output) != fc_shape:
+    if tensor_shape(output) != fc_shape:
         dynamic = any(signature[a] < 0 for a in kept)
         fc_output = _new_tensor(obj, subgraph, output, f"{name}/sum".encode(), fc_shape,
                                 [-1 if dynamic else rows, 1])
     options = schema.FullyConnectedOptionsT()
-    replacement.append(_operator(
+    replacement.append(new_operator(
         obj, schema.BuiltinOperator.FULLY_CONNECTED, [fc_input, weights_index, -1], [fc_output],
         schema.BuiltinOptions.FullyConnectedOptions, options, _FC_VERSION))
     if fc_output != written:
-        new_shape = _signature(output)  # -1 for a dynamic batch, which RESHAPE infers
+        new_shape = shape_signature(output)  # -1 for a dynamic batch, which RESHAPE infers
         if sum(d < 0 for d in new_shape) > 1:
-            new_shape = _shape(output)
+            new_shape = tensor_shape(output)
         shape_index = _int32_constant(obj, subgraph, f"{name}/shape".encode(), new_shape)
         reshape = schema.ReshapeOptionsT()
         reshape.newShape = np.array(new_shape, np.int32)
-        replacement.append(_operator(obj, schema.BuiltinOperator.RESHAPE, [fc_output, shape_index],
+        replacement.append(new_operator(obj, schema.BuiltinOperator.RESHAPE, [fc_output, shape_index],
                                      [written], schema.BuiltinOptions.ReshapeOptions, reshape))
     return replacement, removed
 

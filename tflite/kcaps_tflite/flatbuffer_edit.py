@@ -34,6 +34,29 @@ def opcode_index(obj, builtin, version=1):
     return len(obj.operatorCodes) - 1
 
 
+def new_operator(obj, builtin, inputs, outputs, options_type=0, options=None, version=1):
+    """A new `builtin` operator (its operator code added with `version` when missing)."""
+    op = schema.OperatorT()
+    op.opcodeIndex = opcode_index(obj, builtin, version)
+    op.inputs = np.array(inputs, np.int32)
+    op.outputs = np.array(outputs, np.int32)
+    op.builtinOptionsType = options_type
+    op.builtinOptions = options
+    return op
+
+
+def tensor_shape(tensor):
+    """The tensor's shape as a list of ints (None when it has none)."""
+    return None if tensor.shape is None else [int(d) for d in tensor.shape]
+
+
+def shape_signature(tensor):
+    """The shape with -1 where a dimension is dynamic (the batch, as the converter writes it)."""
+    if tensor.shapeSignature is None:
+        return tensor_shape(tensor)
+    return [int(d) for d in tensor.shapeSignature]
+
+
 def add_tensor(obj, subgraph, tensor, data=None):
     """Append `tensor` to `subgraph`; with `data` (an array) as a constant in a buffer of its own,
     otherwise as an activation on the empty buffer 0. Returns the tensor's index."""

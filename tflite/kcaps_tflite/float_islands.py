@@ -23,7 +23,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files
-from kcaps_tflite.flatbuffer_edit import opcode_index
+from kcaps_tflite.flatbuffer_edit import new_operator
 
 # Operators with an int8 kernel in LiteRT but only a float one in TFLite Micro (elementwise.cc,
 # exp.cc) that kcaps models use: EXP is in Efficient-CapsNet's squash (`squash="efficient"`).
@@ -54,8 +54,6 @@ def to_float(model, ops=MICRO_FLOAT_ONLY):
                and subgraph.tensors[op.inputs[0]].type == schema.TensorType.INT8]
     if not targets:
         return data
-    dequantize = opcode_index(obj, schema.BuiltinOperator.DEQUANTIZE)
-    quantize = opcode_index(obj, schema.BuiltinOperator.QUANTIZE)
     rewritten = []
     for k, op in enumerate(subgraph.operators):
         if k not in targets:
@@ -66,10 +64,8 @@ def to_float(model, ops=MICRO_FLOAT_ONLY):
         x_float = len(subgraph.tensors) - 1
         subgraph.tensors.append(_float_copy(subgraph.tensors[y], "/float"))
         y_float = len(subgraph.tensors) - 1
-        to_float_op = schema.OperatorT()
-        to_float_op.opcodeIndex, to_float_op.inputs, to_float_op.outputs = dequantize, [x], [x_float]
-        back_op = schema.OperatorT()
-        back_op.opcodeIndex, back_op.inputs, back_op.outputs = quantize, [y_float], [y]
+        to_float_op = new_operator(obj, schema.BuiltinOperator.DEQUANTIZE, [x], [x_float])
+        back_op = new_operator(obj, schema.BuiltinOperator.QUANTIZE, [y_float], [y])
         op.inputs = np.array([x_float] + [int(i) for i in op.inputs[1:]], np.int32)
         op.outputs = np.array([y_float], np.int32)
         obj.operatorCodes[op.opcodeIndex].version = 1  # the float kernel's version

@@ -49,7 +49,8 @@ from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
 
 from kcaps_tflite import files
-from kcaps_tflite.flatbuffer_edit import add_tensor, builtin_code, int8_scale_zero, opcode_index
+from kcaps_tflite.flatbuffer_edit import (add_tensor, builtin_code, int8_scale_zero, new_operator,
+                                          opcode_index, shape_signature, tensor_shape)
 
 # The op versions the converter writes for int8 MEAN and MUL (used only when the model has none).
 _INT8_VERSION = 2
@@ -62,8 +63,7 @@ def _summed_count(obj, subgraph, op):
     data = obj.buffers[axes.buffer].data
     if data is None or source.shape is None:
         return None
-    shape = [int(d) for d in source.shape]
-    signature = shape if source.shapeSignature is None else [int(d) for d in source.shapeSignature]
+    shape, signature = tensor_shape(source), shape_signature(source)
     axes = {int(a) % len(shape) for a in np.frombuffer(bytes(data), np.int32)}
     if any(shape[a] <= 0 or signature[a] < 0 for a in axes):
         return None
@@ -105,13 +105,9 @@ def sums_as_means(model):
             # MEAN takes the SUM's inputs and ReducerOptions as they are.
             op.opcodeIndex = opcode_index(obj, schema.BuiltinOperator.MEAN, _INT8_VERSION)
             op.outputs = np.array([mean_index], np.int32)
-            multiply = schema.OperatorT()
-            multiply.opcodeIndex = opcode_index(obj, schema.BuiltinOperator.MUL, _INT8_VERSION)
-            multiply.inputs = np.array([mean_index, counts[count]], np.int32)
-            multiply.outputs = np.array([output_index], np.int32)
-            multiply.builtinOptionsType = schema.BuiltinOptions.MulOptions
-            multiply.builtinOptions = schema.MulOptionsT()
-            operators.append(multiply)
+            operators.append(new_operator(
+                obj, schema.BuiltinOperator.MUL, [mean_index, counts[count]], [output_index],
+                schema.BuiltinOptions.MulOptions, schema.MulOptionsT(), _INT8_VERSION))
             changed = True
         subgraph.operators = operators
     if not changed:
